@@ -1,0 +1,156 @@
+"""The config schema (structured, so typos and wrong types fail at once) and its checks.
+
+Groups with fixed keys (data, degradation, trainer, tracking, eval) are dataclasses here;
+groups that name a class (model, loss, optim) are checked against that class's keyword
+arguments, so the model's signature *is* its schema.
+"""
+from __future__ import annotations
+
+import inspect
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from sr_ablate import UserError
+
+
+@dataclass
+class DataConf:
+    name: str = "builtin"          # builtin | folder
+    root: Optional[str] = None     # folder of HR training images (data=folder)
+    val_root: Optional[str] = None  # folder of HR validation images; default: hold out val_count
+    val_count: int = 2
+    color: str = "rgb"             # rgb | y (1-channel luma)
+
+
+@dataclass
+class DegradationConf:
+    name: str = "bicubic"          # MATLAB-compatible bicubic imresize
+    quantize: bool = True          # round the LR to uint8, as a stored PNG would be
+
+
+@dataclass
+class TrainerConf:
+    name: str = "quick"
+    steps: int = 200
+    batch_size: int = 16
+    patch_size: int = 24           # LR patch side; the HR patch is patch_size * scale
+    eval_every: int = 100
+    log_every: int = 10
+    grad_clip: Optional[float] = None
+    device: str = "auto"           # auto (CUDA when available) | cpu | cuda | cuda:N
+    progress: bool = True
+
+
+@dataclass
+class TrackingConf:
+    uri: Optional[str] = None      # default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    experiment: str = "sr_ablate"
+    checkpoint: bool = True        # log the final checkpoint as an artifact
+
+
+@dataclass
+class RootConf:
+    model: Any = MISSING
+    loss: Any = MISSING
+    optim: Any = MISSING
+    data: DataConf = field(default_factory=DataConf)
+    degradation: DegradationConf = field(default_factory=DegradationConf)
+    trainer: TrainerConf = field(default_factory=TrainerConf)
+    tracking: TrackingConf = field(default_factory=TrackingConf)
+    seed: int = 0
+    scale: int = 2
+
+
+ConfigStore.instance().store(name="schema", node=RootConf)
+
+CHOICES = {"data.name": ("builtin", "folder"), "data.color": ("rgb", "y"),
+           "degradation.name": ("bicubic",)}
+POSITIVE = ("scale", "trainer.steps", "trainer.batch_size", "trainer.patch_size",
+            "trainer.log_every")
+
+
+def _target(node: DictConfig):
+    from hydra.utils import get_class
+    return get_class(node._target_)
+
+
+def _type_ok(value, annotation) -> bool:
+    if annotation is inspect.Parameter.empty or isinstance(annotation, str):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in (bool, str):
+        return isinstance(value, annotation)
+    return True  # tensors, sequences...: leave to the class
+
+
+def check_target(group: str, node: DictConfig) -> None:
+    """Keys of a ``_target_`` node must be keyword arguments of the class, of the right type."""
+    cls = _target(node)
+    sig = inspect.signature(cls.__init__)
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # unresolvable annotations: check names only
+        hints = {}
+    valid = [n for n in sig.parameters if n not in ("self", "params", "args", "kwargs")]
+    for key in node:
+        if key.startswith("_"):
+            continue
+        if key not in valid:
+            raise UserError(f"{group}.{key} is not a setting of {cls.__name__}; "
+                            f"valid keys: {', '.join(valid)}")
+        value = node[key]
+        if not _type_ok(value, hints.get(key, sig.parameters[key].annotation)):
+            want = getattr(hints.get(key), "__name__", str(hints.get(key)))
+            raise UserError(f"{group}.{key}={value!r} has the wrong type; give a value of "
+                            f"type {want}")
+
+
+def check(cfg: DictConfig) -> None:
+    """Every check that can be made before any work starts; raises UserError (one line)."""
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise UserError(f"{key}={value!r} is not valid; use one of: {', '.join(allowed)}")
+    for key in POSITIVE:
+        if OmegaConf.select(cfg, key) <= 0:
+            raise UserError(f"{key}={OmegaConf.select(cfg, key)} must be positive")
+    for group in ("model", "loss", "optim"):
+        check_target(group, cfg[group])
+    lr = cfg.optim.get("lr")
+    if lr is not None and lr <= 0:
+        raise UserError(f"optim.lr={lr} must be positive")
+    if cfg.model.get("blocks") is not None and cfg.model.blocks < 1:
+        raise UserError(f"model.blocks={cfg.model.blocks} must be at least 1")
+    want = 1 if cfg.data.color == "y" else 3
+    if cfg.model.get("in_channels", want) != want:
+        raise UserError(f"model.in_channels={cfg.model.in_channels} but data.color="
+                        f"{cfg.data.color} gives {want} channel(s); set model.in_channels={want}")
+    if cfg.data.name == "folder" and not cfg.data.root:
+        raise UserError("data=folder needs data.root; pass data.root=<folder of HR images>")
+
+
+def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
+    """Resolved config as {"model.blocks": 16, ...}; keys starting with '_' are left out."""
+    node = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if str(k).startswith("_"):
+            continue
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,162 @@
+"""Data: HR images -> modcrop -> MATLAB bicubic LR -> random aligned patch pairs.
+
+Images are held as uint8 tensors (C, H, W); batches are float32 in [0, 1] with keys
+``lq`` (B, C, p, p) and ``gt`` (B, C, p*s, p*s).
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from sr_ablate import UserError
+from sr_ablate.degrade import bicubic_down, modcrop
+from sr_ablate.metrics import rgb_to_y
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+# Real photographs shipped inside scikit-image's wheel (skimage/data): an offline default.
+BUILTIN_TRAIN = ["astronaut.png", "motorcycle_left.png", "motorcycle_right.png", "rocket.jpg",
+                 "hubble_deep_field.jpg", "ihc.png"]
+BUILTIN_VAL = ["chelsea.png", "coffee.png"]
+
+
+@dataclass
+class Pair:
+    """One HR image and its LR version: ``gt`` (C, H, W) uint8, ``lq`` (C, H/s, W/s) uint8 or float."""
+    name: str
+    gt: torch.Tensor
+    lq: torch.Tensor
+
+
+def builtin_dir() -> Path:
+    spec = importlib.util.find_spec("skimage")  # find the wheel's data without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the built-in images need scikit-image: pip install scikit-image, "
+                        "or use data=folder data.root=<folder of HR images>")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+_decoded: dict[tuple, torch.Tensor] = {}
+
+
+def read_image(path: Path, color: str = "rgb") -> torch.Tensor:
+    """Decode an 8-bit image file to uint8 (C, H, W): C = 3 for ``rgb``, 1 for ``y``.
+
+    Gray files give 3 equal channels in ``rgb``; ``y`` is BT.601 luma rounded to uint8
+    (MATLAB ``rgb2ycbcr`` on uint8), gray files keep their gray values. Cached per process.
+    """
+    path = Path(path)
+    key = (str(path), path.stat().st_mtime_ns, color)
+    if key in _decoded:
+        return _decoded[key]
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                raise UserError(f"{path} is a {mode} (16-bit/float) image; convert it to 8-bit "
+                                "RGB or gray, or remove it from the folder")
+            im = im.convert("L" if mode in ("L", "LA", "1") else "RGB")
+            data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+            img = data.view(im.height, im.width, -1).permute(2, 0, 1).contiguous()
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise UserError(f"{path} is not a readable image ({e.__class__.__name__}); "
+                        "remove it from the folder or replace it with a valid image") from None
+    if color == "y":
+        img = img if img.shape[0] == 1 else rgb_to_y(img).round().to(torch.uint8)
+    elif img.shape[0] == 1:
+        img = img.expand(3, -1, -1).contiguous()
+    _decoded[key] = img
+    return img
+
+
+def list_images(root: str | Path, what: str = "data.root") -> list[Path]:
+    """Image files directly in ``root``, sorted by name; UserError if there are none."""
+    if root is None or str(root).strip() == "":
+        raise UserError(f"{what} is not set; pass {what}=<folder of HR images>")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"{what}={root} is not a folder; pass {what}=<folder of HR images>")
+    files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        raise UserError(f"{what}={root} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                        f"point {what} at a folder of HR images")
+    return images
+
+
+def make_pairs(paths: list[Path], scale: int, color: str, quantize: bool = True,
+               min_size: int = 0) -> list[Pair]:
+    """Read, modcrop and degrade each image (MATLAB bicubic, design notes section 2).
+
+    ``min_size``: smallest HR side allowed (the training patch); smaller images are refused.
+    """
+    pairs = []
+    for p in paths:
+        gt = modcrop(read_image(p, color), scale)
+        h, w = gt.shape[-2:]
+        need = max(min_size, 2 * scale)
+        if h < need or w < need:
+            raise UserError(f"{p} is {w}x{h} after modcrop, smaller than the {need}x{need} "
+                            "needed (trainer.patch_size x scale); lower trainer.patch_size or "
+                            "remove the image")
+        lq = bicubic_down(gt, scale, quantize)
+        pairs.append(Pair(p.stem, gt, lq.to(torch.uint8) if quantize else lq.float()))
+    return pairs
+
+
+def build(data_cfg, *, scale: int, patch_size: int, quantize: bool = True):
+    """Train and validation pairs from ``data_cfg`` (the ``data`` config node)."""
+    if data_cfg.name == "builtin":
+        d = builtin_dir()
+        train, val = [d / n for n in BUILTIN_TRAIN], [d / n for n in BUILTIN_VAL]
+    else:
+        train = list_images(data_cfg.root, "data.root")
+        if data_cfg.val_root:
+            val = list_images(data_cfg.val_root, "data.val_root")
+        else:
+            if len(train) < 2:
+                raise UserError(f"data.root={data_cfg.root} has one image: need at least 2 "
+                                "(one held out for validation) or set data.val_root")
+            n = max(1, min(data_cfg.val_count, len(train) // 2))
+            train, val = train[:-n], train[-n:]
+    patch_hr = patch_size * scale
+    return (make_pairs(train, scale, data_cfg.color, quantize, min_size=patch_hr),
+            make_pairs(val, scale, data_cfg.color, quantize))
+
+
+def batches(pairs: list[Pair], *, scale: int, patch_size: int, batch_size: int,
+            seed: int, augment: bool = True, device: str | torch.device = "cpu") -> Iterator[dict]:
+    """Endless random aligned patch pairs with flips/rot90, float32 in [0, 1].
+
+    Yields {"lq": (B, C, p, p), "gt": (B, C, p*s, p*s)} on ``device``. Deterministic for a seed.
+    """
+    g = torch.Generator().manual_seed(seed)
+    p, ps = patch_size, patch_size * scale
+    while True:
+        idx = torch.randint(len(pairs), (batch_size,), generator=g).tolist()
+        lqs, gts = [], []
+        for i in idx:
+            pair = pairs[i]
+            h, w = pair.lq.shape[-2:]
+            y = torch.randint(h - p + 1, (1,), generator=g).item()
+            x = torch.randint(w - p + 1, (1,), generator=g).item()
+            lq = pair.lq[:, y:y + p, x:x + p]
+            gt = pair.gt[:, y * scale:y * scale + ps, x * scale:x * scale + ps]
+            if augment:
+                hflip, vflip, rot = torch.randint(2, (3,), generator=g).tolist()
+                dims = [d for d, f in ((-1, hflip), (-2, vflip)) if f]
+                if dims:
+                    lq, gt = lq.flip(dims), gt.flip(dims)
+                if rot:
+                    lq, gt = lq.transpose(-1, -2), gt.transpose(-1, -2)
+            lqs.append(lq)
+            gts.append(gt)
+        lq = torch.stack(lqs).to(device, non_blocking=True).float().div_(255)
+        gt = torch.stack(gts).to(device, non_blocking=True).float().div_(255)
+        yield {"lq": lq, "gt": gt}

@@ -1,0 +1,103 @@
+"""Degradations: MATLAB-compatible bicubic ``imresize`` and ``modcrop``, in torch.
+
+MATLAB's ``imresize(img, 1/s, 'bicubic')`` is what SR papers use to make LR images. It is the
+Keys cubic (a = -0.5), antialiased when shrinking (kernel stretched by 1/s), with symmetric
+(mirror) borders, applied separably. PIL's BICUBIC is a different filter, so we write it out.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+
+
+def cubic(x: torch.Tensor) -> torch.Tensor:
+    """Keys cubic kernel with a = -0.5 (MATLAB's ``cubic``), support [-2, 2]."""
+    ax = x.abs()
+    ax2, ax3 = ax * ax, ax * ax * ax
+    near = (1.5 * ax3 - 2.5 * ax2 + 1) * (ax <= 1)
+    far = (-0.5 * ax3 + 2.5 * ax2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2))
+    return near + far
+
+
+@lru_cache(maxsize=256)
+def contributions(in_len: int, out_len: int, scale: float, antialias: bool = True):
+    """Weights (out_len, P) float64 and input indices (out_len, P) for one dimension.
+
+    ``scale`` is out/in (< 1 shrinks). Follows MATLAB's ``contributions``: output pixel x
+    (1-based) samples input coordinate u = x/scale + 0.5*(1 - 1/scale); out-of-range indices
+    are mirrored (symmetric padding); weights of each row sum to 1.
+    """
+    width = 4.0
+    if scale < 1 and antialias:
+        kernel = lambda d: scale * cubic(scale * d)  # noqa: E731 - stretched kernel
+        width = width / scale
+    else:
+        kernel = cubic
+    x = torch.arange(1, out_len + 1, dtype=torch.float64)
+    u = x / scale + 0.5 * (1 - 1 / scale)
+    left = torch.floor(u - width / 2)
+    taps = math.ceil(width) + 2
+    idx = left[:, None] + torch.arange(taps, dtype=torch.float64)[None, :]
+    w = kernel(u[:, None] - idx)
+    w = w / w.sum(dim=1, keepdim=True)
+    # Symmetric padding: MATLAB maps indices through [1..n, n..1] cyclically.
+    aux = torch.cat([torch.arange(in_len), torch.arange(in_len - 1, -1, -1)])
+    idx = aux[torch.remainder(idx.long() - 1, 2 * in_len)]
+    keep = (w != 0).any(dim=0)  # drop all-zero columns, as MATLAB does
+    return w[:, keep].contiguous(), idx[:, keep].contiguous()
+
+
+def _resize_dim(img: torch.Tensor, dim: int, out_len: int, scale: float, antialias: bool):
+    w, idx = contributions(img.shape[dim], out_len, scale, antialias)
+    w = w.to(img.device, img.dtype)
+    idx = idx.to(img.device)
+    # Gather the taps along `dim`: (..., out_len, P, ...) then weight and sum over P.
+    moved = img.movedim(dim, -1)  # (..., in_len)
+    taps = moved[..., idx]  # (..., out_len, P)
+    return (taps * w).sum(-1).movedim(-1, dim)
+
+
+def imresize(img: torch.Tensor, scale: float | None = None, size: tuple[int, int] | None = None,
+             antialias: bool = True) -> torch.Tensor:
+    """MATLAB ``imresize(img, scale, 'bicubic')`` of a float tensor (..., H, W).
+
+    Give ``scale`` (output = ceil(H*scale), ceil(W*scale)) or ``size`` (H_out, W_out).
+    Values are not clamped or rounded; integer inputs are converted to float64.
+    Rows are resized first, then columns (MATLAB's order for equal scales).
+    """
+    if not img.is_floating_point():
+        img = img.to(torch.float64)
+    h, w = img.shape[-2:]
+    if size is None:
+        if scale is None:
+            raise ValueError("imresize needs scale or size")
+        size = (math.ceil(h * scale), math.ceil(w * scale))
+        sh = sw = float(scale)
+    else:
+        sh, sw = size[0] / h, size[1] / w
+    out = _resize_dim(img, img.dim() - 2, size[0], sh, antialias)
+    return _resize_dim(out, img.dim() - 1, size[1], sw, antialias)
+
+
+def modcrop(img: torch.Tensor, scale: int) -> torch.Tensor:
+    """Crop (..., H, W) to H, W multiples of ``scale`` from the top-left, as SR papers do."""
+    h, w = img.shape[-2:]
+    return img[..., : h - h % scale, : w - w % scale]
+
+
+def bicubic_down(hr: torch.Tensor, scale: int, quantize: bool = True) -> torch.Tensor:
+    """LR image from an HR image (C, H, W) in [0, 255]; H, W must be multiples of ``scale``.
+
+    ``quantize`` rounds to integers and clamps to [0, 255], as when the LR is stored as a
+    PNG (the BasicSR/EDSR protocol). Returns float64 (C, H/s, W/s).
+    """
+    lq = imresize(hr.to(torch.float64), scale=1 / scale)
+    return lq.round().clamp(0, 255) if quantize else lq
+
+
+def bicubic_up(lq: torch.Tensor, scale: int) -> torch.Tensor:
+    """MATLAB bicubic upscaling of (..., h, w) to (..., h*s, w*s); float, not rounded."""
+    h, w = lq.shape[-2:]
+    return imresize(lq, size=(h * scale, w * scale))

@@ -1,0 +1,118 @@
+"""Check command-line overrides before Hydra runs anything: one line per problem, no run.
+
+Every value of every swept override is composed once (the others at their first value),
+so ``model.blocks=8,abc`` fails before the first job starts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sr_ablate import UserError
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# Hydra's own flags; with these we let Hydra answer (help, printing the config...).
+PASSTHROUGH = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--version",
+               "--shell-completion", "-sc", "--resolve", "--package", "-p")
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose("config", overrides=overrides)
+
+
+def _explain(error: Exception, override: str, choices: list[str]) -> str:
+    """One line for a composition error, naming the key and the fix."""
+    from hydra.errors import MissingConfigException
+
+    key = override.split("=", 1)[0].lstrip("+~")
+    if isinstance(error, MissingConfigException):
+        group = key.split("/")[0]
+        options = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+        return f"{override}: no such option; {group}= takes one of: {', '.join(options)}"
+    text = " ".join(str(error).split())
+    cause = error.__cause__ or error
+    if "not in struct" in str(cause) or "Key '" in str(cause) and "not" in str(cause):
+        parent, _, leaf = key.rpartition(".")
+        base = compose(choices)
+        node = OmegaConf.select(base, parent) if parent else base
+        valid = [k for k in (node.keys() if isinstance(node, DictConfig) else [])
+                 if not str(k).startswith("_")]
+        where = parent or "the root config"
+        return f"unknown setting '{key}'; valid keys in {where}: {', '.join(map(str, valid))}"
+    if isinstance(cause, OmegaConfBaseException):
+        first = str(cause).splitlines()[0]
+        return f"{override}: {first}; give a value of the right type for {key}"
+    return f"{override}: {text}"
+
+
+def _expand(overrides: list[str]) -> list[list[str]]:
+    """Override lists to compose: first values everywhere, then each other value once."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as e:  # hydra's OverrideParseException
+        raise UserError(f"cannot parse overrides: {' '.join(str(e).split())}") from None
+    values = []
+    for o in parsed:
+        if o.is_sweep_override():
+            vals = [str(v) for v in o.sweep_string_iterator()]
+        else:
+            vals = [o.get_value_element_as_str()] if o.value() is not None else ["null"]
+        prefix = {"ADD": "+", "DEL": "~", "FORCE_ADD": "++"}.get(o.type.name, "")
+        values.append([f"{prefix}{o.key_or_group}={v}" for v in vals])
+    combos = [[v[0] for v in values]]
+    for i, vals in enumerate(values):
+        for other in vals[1:]:
+            combos.append([other if j == i else v[0] for j, v in enumerate(values)])
+    return combos
+
+
+def validate(argv: list[str]) -> DictConfig | None:
+    """Compose and check the config(s) named by ``argv``; returns the first, or None when
+    ``argv`` asks Hydra for help/printing. Raises UserError with a one-line message."""
+    from sr_ablate.config import check
+
+    if any(a.split("=")[0] in PASSTHROUGH for a in argv):
+        return None
+    overrides = [a for a in argv if not a.startswith("-")
+                 and not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    first = None
+    for combo in _expand(overrides):
+        try:
+            cfg = compose(combo)
+        except Exception as e:
+            bad = _find_culprit(combo)
+            choices = [o for o in combo if "." not in o.split("=")[0] and o != bad]
+            raise UserError(_explain(e if bad is None else _error_of(bad, choices), bad or
+                                     " ".join(combo), choices)) from None
+        check(cfg)
+        first = first or cfg
+    return first
+
+
+def _error_of(override: str, choices: list[str]) -> Exception:
+    try:
+        compose(choices + [override])
+    except Exception as e:
+        return e
+    return RuntimeError("invalid together with the other overrides")
+
+
+def _find_culprit(combo: list[str]) -> str | None:
+    """The first override that fails on its own (next to the group choices)."""
+    choices = [o for o in combo if "." not in o.split("=")[0]]
+    for o in combo:
+        rest = [c for c in choices if c != o]
+        try:
+            compose(rest + [o])
+        except Exception:
+            return o
+    return None

@@ -1,0 +1,172 @@
+"""MLflow: the only module that imports it.
+
+Runs are addressed by id through ``MlflowClient`` (no global active run), so in-process
+sweeps, parent runs and child runs never step on each other.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+PARENT_ENV = "SR_ABLATE_PARENT_RUN_ID"
+SWEEP_ENV = "SR_ABLATE_SWEEP_ID"
+
+
+def store_uri(uri: str | None, cwd: str | Path | None = None) -> str:
+    """The tracking URI: ``uri`` if set, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db.
+
+    The default is absolute, so it does not move when Hydra changes directories.
+    """
+    if uri:
+        return uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path(cwd or os.getcwd()).resolve() / 'mlflow.db'}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    # sqlite stores otherwise put artifacts in ./mlruns of whatever the cwd is: keep them
+    # next to the database instead.
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    return None
+
+
+def experiment_id(uri: str, name: str) -> str:
+    """Create (once) or look up experiment ``name`` in the store at ``uri``; returns its id."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    root = _artifact_root(uri)
+    try:
+        return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+    except mlflow.exceptions.MlflowException:
+        # another process created it between our look-up and create
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).parent)
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class RunLog:
+    """Logging handle of one open run: ``log_metrics`` is the ``log_fn`` that ``fit`` takes."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[
+            Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+@contextmanager
+def run(uri: str, experiment: str, *, params: dict, tags: dict, name: str | None = None,
+        parent_run_id: str | None = None) -> Iterator[RunLog]:
+    """Open a run, yield its ``RunLog``; it ends FINISHED, FAILED on error, KILLED on Ctrl-C."""
+    os.environ.pop("MLFLOW_RUN_ID", None)  # a stale id would hijack the run (design notes section 4)
+    client = MlflowClient(uri)
+    tags = dict(tags)
+    parent_run_id = parent_run_id or os.environ.get(PARENT_ENV)
+    if parent_run_id:
+        tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    if os.environ.get(SWEEP_ENV):
+        tags["sr_ablate.sweep_id"] = os.environ[SWEEP_ENV]
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    if name:
+        tags[MLFLOW_RUN_NAME] = name
+    r = client.create_run(experiment_id(uri, experiment), tags={k: str(v) for k, v in tags.items()},
+                          run_name=name)
+    run_id = r.info.run_id
+    try:
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # log_batch takes at most 100 params
+            client.log_batch(run_id, params=items[i:i + 100])
+        yield RunLog(client, run_id)
+    except KeyboardInterrupt:
+        client.set_terminated(run_id, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    else:
+        client.set_terminated(run_id, "FINISHED")
+
+
+def start_parent(uri: str, experiment: str, sweep_id: str, definition: str) -> str:
+    """Create the parent run of a sweep and export its id for the child jobs; returns the id."""
+    client = MlflowClient(uri)
+    r = client.create_run(experiment_id(uri, experiment), run_name=f"sweep-{sweep_id}",
+                          tags={"sr_ablate.sweep_id": sweep_id, "sr_ablate.role": "sweep",
+                                "sr_ablate.sweep": definition})
+    os.environ[PARENT_ENV] = r.info.run_id
+    os.environ[SWEEP_ENV] = sweep_id
+    return r.info.run_id
+
+
+def end_parent(uri: str, run_id: str, ok: bool) -> None:
+    """Close a sweep's parent run: FINISHED when every child finished, else FAILED."""
+    client = MlflowClient(uri)
+    children = client.search_runs([client.get_run(run_id).info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+    ok = ok and all(c.info.status == "FINISHED" for c in children)
+    client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    os.environ.pop(PARENT_ENV, None)
+    os.environ.pop(SWEEP_ENV, None)
+
+
+def runs_frame(uri: str, experiment: str | None = None):
+    """All child/single runs (not sweep parents) as a pandas DataFrame, one row per run.
+
+    Columns: ``run_id``, ``status``, ``experiment``, params under their own names
+    (``model.blocks``), latest metrics under theirs (``val/psnr``), and tags prefixed ``tag:``.
+    Param values are strings, as MLflow stores them.
+    """
+    import pandas as pd
+
+    client = MlflowClient(uri)
+    exps = client.search_experiments()
+    if experiment:
+        exps = [e for e in exps if e.name == experiment]
+    rows = []
+    for e in exps:
+        for r in client.search_runs([e.experiment_id], max_results=50000):
+            if r.data.tags.get("sr_ablate.role") == "sweep":
+                continue
+            row = {"run_id": r.info.run_id, "status": r.info.status, "experiment": e.name,
+                   "start_time": r.info.start_time}
+            row.update(r.data.params)
+            row.update(r.data.metrics)
+            row.update({f"tag:{k}": v for k, v in r.data.tags.items()})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) pairs of one metric of one run, by step."""
+    hist = MlflowClient(uri).get_metric_history(run_id, key)
+    return sorted((m.step, m.value) for m in hist)

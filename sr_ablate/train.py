@@ -1,0 +1,68 @@
+"""The training loop. It knows nothing of Hydra or MLflow: evaluation and logging are callables."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Iterator
+
+import torch
+from tqdm import tqdm
+
+LogFn = Callable[[int, dict[str, float]], None]
+EvalFn = Callable[[torch.nn.Module], dict[str, float]]
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.Optimizer, *,
+        steps: int, loss_fn: Callable, eval_fn: EvalFn | None = None, log_fn: LogFn | None = None,
+        eval_every: int = 0, log_every: int = 10, grad_clip: float | None = None,
+        device: str | torch.device = "cpu", progress: bool = True) -> dict[str, float]:
+    """Train ``model`` for ``steps`` optimiser steps on ``batches`` ({"lq", "gt"} in [0, 1]).
+
+    ``log_fn(step, metrics)`` receives ``train/loss`` (mean over the last ``log_every`` steps)
+    and, every ``eval_every`` steps and at the end, the output of ``eval_fn(model)``.
+    The loss is read back from the device only when logging (no per-step host sync).
+    Returns the last logged value of every metric.
+    """
+    log_fn = log_fn or (lambda step, m: None)
+    model.to(device).train()
+    last: dict[str, float] = {}
+    running = torch.zeros((), device=device)
+    since = 0
+    bar = tqdm(total=steps, disable=not progress, dynamic_ncols=True, unit="it", leave=True)
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        batch = next(batches)
+        lq, gt = batch["lq"].to(device, non_blocking=True), batch["gt"].to(device, non_blocking=True)
+        loss = loss_fn(model(lq), gt)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        running += loss.detach()
+        since += 1
+        bar.update(1)
+        do_eval = eval_fn is not None and ((eval_every and step % eval_every == 0) or step == steps)
+        if do_eval or step % log_every == 0 or step == steps:
+            value = (running / since).item()
+            if not math.isfinite(value):
+                bar.close()
+                raise NonFiniteLoss(f"training loss is {value} at step {step}")
+            metrics = {"train/loss": value}
+            running.zero_()
+            since = 0
+            if do_eval:
+                metrics.update(eval_fn(model))
+            metrics["train/it_per_s"] = step / (time.perf_counter() - t0)
+            log_fn(step, metrics)
+            last.update(metrics)
+            post = {"loss": f"{value:.4g}"}
+            if "val/psnr" in last:
+                post["val_psnr"] = f"{last['val/psnr']:.2f}"
+            bar.set_postfix(post, refresh=False)
+    bar.close()
+    return last
