@@ -34,11 +34,12 @@ class DegradationConf:
 
 @dataclass
 class TrainerConf:
-    name: str = "quick"
-    steps: int = 200
-    batch_size: int = 16
-    patch_size: int = 24           # LR patch side; the HR patch is patch_size * scale
-    eval_every: int = 100
+    # budgets live in conf/trainer/*.yaml (smoke, quick, paper)
+    name: str = MISSING
+    steps: int = MISSING
+    batch_size: int = MISSING
+    patch_size: int = MISSING      # LR patch side; the HR patch is patch_size * scale
+    eval_every: int = MISSING
     log_every: int = 10
     grad_clip: Optional[float] = None
     device: str = "auto"           # auto (CUDA when available) | cpu | cuda | cuda:N

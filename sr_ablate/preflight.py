@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sr_ablate import UserError
+from sr_ablate.config import check  # also registers the schema with Hydra's ConfigStore
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 # Hydra's own flags; with these we let Hydra answer (help, printing the config...).
@@ -78,8 +79,6 @@ def _expand(overrides: list[str]) -> list[list[str]]:
 def validate(argv: list[str]) -> DictConfig | None:
     """Compose and check the config(s) named by ``argv``; returns the first, or None when
     ``argv`` asks Hydra for help/printing. Raises UserError with a one-line message."""
-    from sr_ablate.config import check
-
     if any(a.split("=")[0] in PASSTHROUGH for a in argv):
         return None
     overrides = [a for a in argv if not a.startswith("-")

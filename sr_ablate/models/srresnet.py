@@ -35,14 +35,14 @@ class SRResNet(nn.Module):
         upsampler: ``pixelshuffle`` (sub-pixel conv stages) or ``bicubic`` (bicubic feature
             interpolation, then conv). Default ``pixelshuffle``.
         bn: batch normalisation inside the residual blocks. Default True.
-        head_kernel: kernel size of the first and last conv; 9 as in the SRGAN paper. Default 9.
+        head_kernel: kernel size of the first and last conv; 9 as in the SRGAN paper. Default 3.
     """
 
     upsampled_input = False  # takes the LR image, not a bicubic-enlarged one
 
     def __init__(self, in_channels: int = 3, channels: int = 64, blocks: int = 16, scale: int = 2,
                  global_skip: bool = True, upsampler: str = "pixelshuffle", bn: bool = True,
-                 head_kernel: int = 9):
+                 head_kernel: int = 3):
         super().__init__()
         if upsampler not in ("pixelshuffle", "bicubic"):
             raise ValueError(f"upsampler must be 'pixelshuffle' or 'bicubic', got {upsampler!r}")

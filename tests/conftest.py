@@ -1,0 +1,43 @@
+"""Shared fixtures: real Hydra composition, a real sqlite MLflow store in a temp dir."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+MODEL_CONFIGS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
+# Small enough that a full run takes seconds on 2 CPU cores.
+TINY = ["trainer=smoke", "model.blocks=1", "model.channels=8", "trainer.progress=false"]
+
+
+@pytest.fixture
+def compose():
+    from sr_ablate.preflight import compose as _compose
+    return _compose
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh sqlite tracking URI in a temp dir (and no inherited MLflow env)."""
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "SR_ABLATE_PARENT_RUN_ID",
+                "SR_ABLATE_SWEEP_ID"):
+        monkeypatch.delenv(var, raising=False)
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def cli(args: list[str], cwd: Path, timeout: float = 300, module: str = "sr_ablate"):
+    """Run ``python -m sr_ablate ARGS`` in ``cwd`` like a user would; returns CompletedProcess."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "SR_ABLATE_"))}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def builtin_images() -> list[Path]:
+    from sr_ablate.data import BUILTIN_TRAIN, BUILTIN_VAL, builtin_dir
+    return [builtin_dir() / n for n in BUILTIN_TRAIN + BUILTIN_VAL]

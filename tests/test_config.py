@@ -1,0 +1,78 @@
+"""Every config composes and passes the checks; typos and wrong types fail with one line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from sr_ablate import UserError
+from sr_ablate.config import check, flatten
+from sr_ablate.preflight import validate
+
+from conftest import REPO
+
+GROUP_OPTIONS = sorted((p.parent.name, p.stem) for p in (REPO / "conf").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_every_config_file_composes(compose, group, option):
+    extra = ["data.root=/tmp"] if (group, option) == ("data", "folder") else []
+    cfg = compose([f"{group}={option}", *extra])
+    check(cfg)
+    for node in ("model", "loss", "optim"):
+        assert instantiate(cfg[node]) is not None
+
+
+def test_defaults_are_the_documented_ones(compose):
+    cfg = compose([])
+    assert cfg.model._target_.endswith("SRResNet") and cfg.model.blocks == 16
+    assert cfg.scale == 2 and cfg.data.color == "rgb" and cfg.trainer.name == "quick"
+    assert cfg.loss._target_ == "torch.nn.MSELoss"
+    assert (cfg.optim.lr, list(cfg.optim.betas), cfg.optim.eps) == (1e-4, [0.9, 0.999], 1e-8)
+
+
+def test_paper_trainer_is_the_study_recipe(compose):
+    t = compose(["trainer=paper"]).trainer
+    assert (t.patch_size, t.batch_size, t.steps) == (64, 8, 100_000)
+
+
+def test_flatten_gives_dot_keys_equal_to_override_keys(compose):
+    flat = flatten(compose(["model.blocks=8"]))
+    assert flat["model.blocks"] == 8 and flat["optim.lr"] == 1e-4
+    assert not any(k.split(".")[-1].startswith("_") for k in flat)
+
+
+def test_scale_reaches_the_model(compose):
+    assert compose(["scale=4"]).model.scale == 4
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["model.blokcs=3"], "valid keys in model: in_channels, channels, blocks"),
+    (["trainer.stepz=3"], "valid keys in trainer:"),
+    (["seeed=1"], "valid keys in the root config:"),
+    (["model.blocks=abc"], "model.blocks='abc' has the wrong type"),
+    (["trainer.steps=many"], "trainer.steps"),
+    (["model=nosuch"], "model= takes one of: srresnet"),
+    (["-m", "model.blocks=8,abc"], "model.blocks='abc' has the wrong type"),
+    (["model.blocks=0"], "model.blocks=0 must be at least 1"),
+    (["optim.lr=-1"], "optim.lr=-1 must be positive"),
+    (["scale=0"], "scale=0 must be positive"),
+    (["data.color=cmyk"], "data.color='cmyk' is not valid; use one of: rgb, y"),
+    (["data.color=y"], "set model.in_channels=1"),
+    (["data=folder"], "data=folder needs data.root"),
+])
+def test_bad_overrides_give_one_line(argv, expected):
+    with pytest.raises(UserError) as e:
+        validate(argv)
+    msg = str(e.value)
+    assert expected in msg and "\n" not in msg
+
+
+def test_good_sweep_overrides_pass():
+    cfg = validate(["-m", "model.blocks=8,12", "loss=l1,l2"])
+    assert cfg.model.blocks == 8
+
+
+def test_help_is_left_to_hydra():
+    assert validate(["--help"]) is None

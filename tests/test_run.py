@@ -1,0 +1,113 @@
+"""A smoke run through run(cfg) into a real sqlite MLflow store holds what the issue lists."""
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from sr_ablate import tracking
+from sr_ablate.run import run
+from sr_ablate.train import fit
+
+from conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    import os
+    tmp = tmp_path_factory.mktemp("store")
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "SR_ABLATE_PARENT_RUN_ID"):
+        os.environ.pop(var, None)
+    from sr_ablate.preflight import compose
+    overrides = TINY + ["seed=3"]
+    cfg = compose(overrides)
+    result = run(cfg, cwd=str(tmp), overrides=overrides, choices={"model": "srresnet"})
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("sr_ablate")
+    (r,) = client.search_runs([exp.experiment_id])
+    return uri, client, r, result, tmp
+
+
+def test_run_finished_with_flat_params(smoke_run):
+    uri, client, r, result, tmp = smoke_run
+    assert r.info.status == "FINISHED"
+    p = r.data.params
+    assert p["model.blocks"] == "1" and p["model.channels"] == "8" and p["seed"] == "3"
+    assert p["optim.lr"] == "0.0001" and p["trainer.name"] == "smoke" and p["model"] == "srresnet"
+    assert "model._target_" not in p
+
+
+def test_metrics_with_steps(smoke_run):
+    uri, client, r, result, tmp = smoke_run
+    for key in ("train/loss", "val/psnr", "val/ssim", "val/bicubic_psnr", "val/bicubic_ssim"):
+        hist = tracking.metric_history(uri, r.info.run_id, key)
+        assert [s for s, _ in hist] == [2, 4], key  # eval_every=2, steps=4
+        assert hist[-1][1] == pytest.approx(result[key])
+    m = r.data.metrics
+    assert 0 < m["val/ssim"] <= 1 and 20 < m["val/bicubic_psnr"] < 60
+    assert m["model/params"] == result["model/params"] > 0
+
+
+def test_artifacts(smoke_run):
+    uri, client, r, result, tmp = smoke_run
+    rid = r.info.run_id
+    top = {a.path for a in client.list_artifacts(rid)}
+    assert {"config.yaml", "per_image.csv", "comparison.png", "checkpoints"} <= top
+    local = client.download_artifacts(rid, "", str(tmp / "dl"))
+    assert "blocks: 1" in open(f"{local}/config.yaml").read()
+    rows = list(csv.DictReader(open(f"{local}/per_image.csv")))
+    assert [row["image"] for row in rows] == ["chelsea", "coffee"]
+    mean = sum(float(row["psnr"]) for row in rows) / len(rows)
+    assert mean == pytest.approx(r.data.metrics["val/psnr"])
+    im = Image.open(f"{local}/comparison.png")
+    assert im.width == 3 * im.height  # bicubic | SR | HR
+    ckpt = torch.load(f"{local}/checkpoints/final.pt", weights_only=True)
+    assert "head.0.weight" in ckpt["model"] and ckpt["step"] == 4
+    # the artifacts sit next to mlflow.db, not in ./mlruns of whatever the cwd was
+    assert (tmp / "mlartifacts").is_dir()
+
+
+def test_protocol_and_overrides_tags(smoke_run):
+    uri, client, r, result, tmp = smoke_run
+    t = r.data.tags
+    assert t["eval.color_space"] == "y_bt601" and t["eval.crop"] == "scale"
+    assert t["eval.lr_source"].startswith("matlab_bicubic") and "gaussian11" in t["eval.ssim"]
+    assert "model.blocks=1" in t["overrides"]
+
+
+def test_failure_after_start_ends_failed(store):
+    with pytest.raises(RuntimeError):
+        with tracking.run(store, "e", params={"a": 1}, tags={}) as log:
+            log.log_metrics(1, {"x": 1.0})
+            raise RuntimeError("boom")
+    client = MlflowClient(store)
+    (r,) = client.search_runs([client.get_experiment_by_name("e").experiment_id])
+    assert r.info.status == "FAILED"
+
+
+def test_fit_takes_plain_callables():
+    """fit() knows nothing of MLflow: a list's append is a valid log_fn."""
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(1, 1, 3, padding=1)
+    data = iter(lambda: {"lq": torch.rand(4, 1, 8, 8), "gt": torch.rand(4, 1, 8, 8)}, None)
+    logged = []
+    out = fit(model, data, torch.optim.SGD(model.parameters(), lr=0.1), steps=6,
+              loss_fn=torch.nn.MSELoss(), eval_fn=lambda m: {"val/x": 1.0},
+              log_fn=lambda s, m: logged.append((s, m)), eval_every=3, log_every=2, progress=False)
+    assert [s for s, _ in logged] == [2, 3, 4, 6]
+    assert [("val/x" in m) for _, m in logged] == [False, True, False, True]
+    assert out["train/loss"] == logged[-1][1]["train/loss"]
+
+
+def test_fit_stops_on_non_finite_loss():
+    from sr_ablate.train import NonFiniteLoss
+    model = torch.nn.Conv2d(1, 1, 3, padding=1)
+    data = iter(lambda: {"lq": torch.full((1, 1, 4, 4), float("nan")), "gt": torch.zeros(1, 1, 4, 4)}, None)
+    with pytest.raises(NonFiniteLoss, match="step 1"):
+        fit(model, data, torch.optim.SGD(model.parameters(), lr=0.1), steps=3,
+            loss_fn=torch.nn.MSELoss(), log_every=1, progress=False)
