@@ -91,20 +91,18 @@ def list_images(root: str | Path, what: str = "data.root") -> list[Path]:
 
 
 def make_pairs(paths: list[Path], scale: int, color: str, quantize: bool = True,
-               min_size: int = 0) -> list[Pair]:
+               min_size: int = 0, why: str = "") -> list[Pair]:
     """Read, modcrop and degrade each image (MATLAB bicubic, design notes section 2).
 
-    ``min_size``: smallest HR side allowed (the training patch); smaller images are refused.
+    ``min_size``: smallest HR side allowed; smaller images are refused, ``why`` says why.
     """
     pairs = []
     for p in paths:
         gt = modcrop(read_image(p, color), scale)
         h, w = gt.shape[-2:]
-        need = max(min_size, 2 * scale)
-        if h < need or w < need:
-            raise UserError(f"{p} is {w}x{h} after modcrop, smaller than the {need}x{need} "
-                            "needed (trainer.patch_size x scale); lower trainer.patch_size or "
-                            "remove the image")
+        if h < min_size or w < min_size:
+            raise UserError(f"{p} is {w}x{h} after modcrop, smaller than the "
+                            f"{min_size}x{min_size} needed ({why}); remove the image")
         lq = bicubic_down(gt, scale, quantize)
         pairs.append(Pair(p.stem, gt, lq.to(torch.uint8) if quantize else lq.float()))
     return pairs
@@ -126,8 +124,13 @@ def build(data_cfg, *, scale: int, patch_size: int, quantize: bool = True):
             n = max(1, min(data_cfg.val_count, len(train) // 2))
             train, val = train[:-n], train[-n:]
     patch_hr = patch_size * scale
-    return (make_pairs(train, scale, data_cfg.color, quantize, min_size=patch_hr),
-            make_pairs(val, scale, data_cfg.color, quantize))
+    # SSIM's 11x11 window must fit after `scale` pixels are shaved from each edge.
+    val_min = 11 + 2 * scale
+    return (make_pairs(train, scale, data_cfg.color, quantize, min_size=patch_hr,
+                       why=f"training patch: trainer.patch_size={patch_size} x scale={scale}; "
+                           "lower trainer.patch_size or"),
+            make_pairs(val, scale, data_cfg.color, quantize, min_size=val_min,
+                       why=f"validation: 11x11 SSIM window + 2 x scale={scale} border;"))
 
 
 def batches(pairs: list[Pair], *, scale: int, patch_size: int, batch_size: int,

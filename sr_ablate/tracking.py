@@ -5,6 +5,7 @@ sweeps, parent runs and child runs never step on each other.
 """
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -16,6 +17,9 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter about table creation
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 PARENT_ENV = "SR_ABLATE_PARENT_RUN_ID"
 SWEEP_ENV = "SR_ABLATE_SWEEP_ID"
