@@ -1,8 +1,8 @@
 """The real command line: a 2-job ``-m`` sweep under one parent run, then ``make report``."""
 from __future__ import annotations
 
-import shutil
 import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -41,7 +41,8 @@ def test_sweep_runs_sit_under_one_parent(sweep_dir):
 
 
 def test_make_report_equals_mlflow_metrics(sweep_dir):
-    out = subprocess.run(["make", "-f", str(REPO / "Makefile"), "report"], cwd=sweep_dir,
+    out = subprocess.run(["make", "-f", str(REPO / "Makefile"), "report",
+                          f"PYTHON={sys.executable}"], cwd=sweep_dir,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     csv_path = sweep_dir / "reports" / "sr_ablate" / "results.csv"
