@@ -15,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from sr_ablate import UserError
+from sr_ablate.degrade import KERNELS
 
 
 @dataclass
@@ -28,7 +29,7 @@ class DataConf:
 
 @dataclass
 class DegradationConf:
-    name: str = "bicubic"          # MATLAB-compatible bicubic imresize
+    name: str = "bicubic"          # MATLAB imresize kernel: bicubic | bilinear | area | nearest
     quantize: bool = True          # round the LR to uint8, as a stored PNG would be
 
 
@@ -54,6 +55,19 @@ class TrackingConf:
 
 
 @dataclass
+class EvalConf:
+    protocol: str = "modern"       # modern | classic
+    color: str = "y"               # y | rgb
+    kernel: str = "bicubic"
+    sets: list[str] = field(default_factory=lambda: ["val"])
+    root: Optional[str] = None
+    tile: int = 0
+    frame: list[int] = field(default_factory=lambda: [256, 256])
+    data: Optional[str] = None     # evaluate command: folder of HR images
+    format: str = "table"          # evaluate command: table | json
+
+
+@dataclass
 class RootConf:
     model: Any = MISSING
     loss: Any = MISSING
@@ -62,6 +76,7 @@ class RootConf:
     degradation: DegradationConf = field(default_factory=DegradationConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
+    eval: EvalConf = field(default_factory=EvalConf)
     seed: int = 0
     scale: int = 2
 
@@ -69,7 +84,8 @@ class RootConf:
 ConfigStore.instance().store(name="schema", node=RootConf)
 
 CHOICES = {"data.name": ("builtin", "folder"), "data.color": ("rgb", "y"),
-           "degradation.name": ("bicubic",)}
+           "degradation.name": KERNELS, "eval.protocol": ("modern", "classic"),
+           "eval.color": ("y", "rgb"), "eval.kernel": KERNELS, "eval.format": ("table", "json")}
 POSITIVE = ("scale", "trainer.steps", "trainer.batch_size", "trainer.patch_size",
             "trainer.log_every")
 
@@ -138,6 +154,12 @@ def check(cfg: DictConfig) -> None:
     if cfg.model.get("in_channels", want) != want:
         raise UserError(f"model.in_channels={cfg.model.in_channels} but data.color="
                         f"{cfg.data.color} gives {want} channel(s); set model.in_channels={want}")
+    if cfg.eval.tile < 0:
+        raise UserError(f"eval.tile={cfg.eval.tile} must be 0 (whole images) or a tile size")
+    if len(cfg.eval.frame) != 2 or min(cfg.eval.frame) <= 0:
+        raise UserError(f"eval.frame={list(cfg.eval.frame)} must be [height, width]")
+    if cfg.eval.color == "rgb" and want == 1:
+        raise UserError("eval.color=rgb needs an RGB model; use eval.color=y with data.color=y")
     if cfg.data.name == "folder" and not cfg.data.root:
         raise UserError("data=folder needs data.root; pass data.root=<folder of HR images>")
 

@@ -6,6 +6,8 @@ Images are held as uint8 tensors (C, H, W); batches are float32 in [0, 1] with k
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -14,7 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from sr_ablate import UserError
-from sr_ablate.degrade import bicubic_down, modcrop
+from sr_ablate.degrade import downscale, modcrop
 from sr_ablate.metrics import rgb_to_y
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -23,6 +25,36 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".p
 BUILTIN_TRAIN = ["astronaut.png", "motorcycle_left.png", "motorcycle_right.png", "rocket.jpg",
                  "hubble_deep_field.jpg", "ihc.png"]
 BUILTIN_VAL = ["chelsea.png", "coffee.png"]
+
+# Standard evaluation sets by name -> folder names under the data root (first found wins);
+# `python -m sr_ablate.download NAME` puts them there.
+BENCHMARKS = {"set5": ["Set5"], "set14": ["Set14"], "b100": ["B100", "BSD100"],
+              "urban100": ["Urban100"], "div2k_valid": ["DIV2K_valid_HR"]}
+DATA_ENV = "SR_ABLATE_DATA"
+
+
+def data_root(root: str | None = None) -> Path:
+    """Where named datasets live: ``root``, else $SR_ABLATE_DATA, else ~/.cache/sr_ablate/datasets."""
+    return Path(root or os.environ.get(DATA_ENV) or "~/.cache/sr_ablate/datasets").expanduser()
+
+
+def eval_set_paths(name: str, root: str | None = None) -> tuple[str, list[Path]]:
+    """(metric prefix, image files) of an evaluation set given by name or folder path."""
+    key = name.lower()
+    if key in BENCHMARKS:
+        base = data_root(root)
+        for folder in BENCHMARKS[key]:
+            if (base / folder).is_dir():
+                return key, list_images(base / folder, f"eval set {name}")
+        raise UserError(f"eval set {name!r} not found in {base} (looked for "
+                        f"{' or '.join(BENCHMARKS[key])}); run `python -m sr_ablate.download "
+                        f"{key}` or set eval.root=<folder holding it>")
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise UserError(f"eval set {name!r} is neither a known set ({', '.join(BENCHMARKS)}) "
+                        "nor a folder; fix the name in eval.sets")
+    # MLflow metric keys allow letters, digits, _ - . / and spaces
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", path.resolve().name), list_images(path, f"eval set {name}")
 
 
 @dataclass
@@ -48,7 +80,8 @@ def read_image(path: Path, color: str = "rgb") -> torch.Tensor:
     """Decode an 8-bit image file to uint8 (C, H, W): C = 3 for ``rgb``, 1 for ``y``.
 
     Gray files give 3 equal channels in ``rgb``; ``y`` is BT.601 luma rounded to uint8
-    (MATLAB ``rgb2ycbcr`` on uint8), gray files keep their gray values. Cached per process.
+    (MATLAB ``rgb2ycbcr`` on uint8), gray files keep their gray values; ``native`` keeps
+    gray files 1-channel and colour files RGB (for evaluation). Cached per process.
     """
     path = Path(path)
     key = (str(path), path.stat().st_mtime_ns, color)
@@ -69,7 +102,7 @@ def read_image(path: Path, color: str = "rgb") -> torch.Tensor:
                         "remove it from the folder or replace it with a valid image") from None
     if color == "y":
         img = img if img.shape[0] == 1 else rgb_to_y(img).round().to(torch.uint8)
-    elif img.shape[0] == 1:
+    elif color == "rgb" and img.shape[0] == 1:
         img = img.expand(3, -1, -1).contiguous()
     _decoded[key] = img
     return img
@@ -90,26 +123,37 @@ def list_images(root: str | Path, what: str = "data.root") -> list[Path]:
     return images
 
 
-def make_pairs(paths: list[Path], scale: int, color: str, quantize: bool = True,
-               min_size: int = 0, why: str = "") -> list[Pair]:
-    """Read, modcrop and degrade each image (MATLAB bicubic, design notes section 2).
+def load_images(paths: list[Path], scale: int, color: str, min_size: int = 0,
+                why: str = "") -> list[tuple[str, torch.Tensor]]:
+    """(name, HR uint8 (C, H, W)) per file, modcropped for ``scale``.
 
     ``min_size``: smallest HR side allowed; smaller images are refused, ``why`` says why.
     """
-    pairs = []
+    images = []
     for p in paths:
         gt = modcrop(read_image(p, color), scale)
         h, w = gt.shape[-2:]
         if h < min_size or w < min_size:
             raise UserError(f"{p} is {w}x{h} after modcrop, smaller than the "
                             f"{min_size}x{min_size} needed ({why}); remove the image")
-        lq = bicubic_down(gt, scale, quantize)
-        pairs.append(Pair(p.stem, gt, lq.to(torch.uint8) if quantize else lq.float()))
+        images.append((p.stem, gt))
+    return images
+
+
+def make_pairs(images: list[tuple[str, torch.Tensor]], scale: int, kernel: str = "bicubic",
+               quantize: bool = True) -> list[Pair]:
+    """Degrade each HR image once (MATLAB ``imresize`` with ``kernel``, design notes section 2)."""
+    pairs = []
+    for name, gt in images:
+        lq = downscale(gt, scale, kernel, quantize)
+        pairs.append(Pair(name, gt, lq.to(torch.uint8) if quantize else lq.float()))
     return pairs
 
 
-def build(data_cfg, *, scale: int, patch_size: int, quantize: bool = True):
-    """Train and validation pairs from ``data_cfg`` (the ``data`` config node)."""
+def build(data_cfg, *, scale: int, patch_size: int, kernel: str = "bicubic",
+          quantize: bool = True):
+    """Training pairs, validation images (name, HR uint8 (C, H, W), gray kept 1-channel) and
+    the validation files, from ``data_cfg`` (the ``data`` config node)."""
     if data_cfg.name == "builtin":
         d = builtin_dir()
         train, val = [d / n for n in BUILTIN_TRAIN], [d / n for n in BUILTIN_VAL]
@@ -123,14 +167,17 @@ def build(data_cfg, *, scale: int, patch_size: int, quantize: bool = True):
                                 "(one held out for validation) or set data.val_root")
             n = max(1, min(data_cfg.val_count, len(train) // 2))
             train, val = train[:-n], train[-n:]
-    patch_hr = patch_size * scale
+    train_hr = load_images(train, scale, data_cfg.color, min_size=patch_size * scale,
+                           why=f"training patch: trainer.patch_size={patch_size} x "
+                               f"scale={scale}; lower trainer.patch_size or")
+    return make_pairs(train_hr, scale, kernel, quantize), load_eval_images(val, scale), val
+
+
+def load_eval_images(paths: list[Path], scale: int) -> list[tuple[str, torch.Tensor]]:
+    """Evaluation images: native channels (gray stays gray), modcropped, big enough for SSIM."""
     # SSIM's 11x11 window must fit after `scale` pixels are shaved from each edge.
-    val_min = 11 + 2 * scale
-    return (make_pairs(train, scale, data_cfg.color, quantize, min_size=patch_hr,
-                       why=f"training patch: trainer.patch_size={patch_size} x scale={scale}; "
-                           "lower trainer.patch_size or"),
-            make_pairs(val, scale, data_cfg.color, quantize, min_size=val_min,
-                       why=f"validation: 11x11 SSIM window + 2 x scale={scale} border;"))
+    return load_images(paths, scale, "native", min_size=11 + 2 * scale,
+                       why=f"evaluation: 11x11 SSIM window + 2 x scale={scale} border;")
 
 
 def batches(pairs: list[Pair], *, scale: int, patch_size: int, batch_size: int,

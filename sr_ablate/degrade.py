@@ -7,9 +7,12 @@ Keys cubic (a = -0.5), antialiased when shrinking (kernel stretched by 1/s), wit
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from functools import lru_cache
 
 import torch
+
+KERNELS = ("bicubic", "bilinear", "area", "nearest")
 
 
 def cubic(x: torch.Tensor) -> torch.Tensor:
@@ -21,20 +24,40 @@ def cubic(x: torch.Tensor) -> torch.Tensor:
     return near + far
 
 
+def triangle(x: torch.Tensor) -> torch.Tensor:
+    """MATLAB's ``triangle`` (bilinear) kernel, support [-1, 1]."""
+    return (1 - x.abs()).clamp(min=0)
+
+
+def box(x: torch.Tensor) -> torch.Tensor:
+    """MATLAB's ``box`` kernel: 1 on [-0.5, 0.5). Antialiased, it averages whole blocks (area)."""
+    return ((x >= -0.5) & (x < 0.5)).to(x.dtype)
+
+
+# name -> (kernel, support width); "area" is the antialiased box: the mean of each s x s block.
+_KERNEL_FNS = {"bicubic": (cubic, 4.0), "bilinear": (triangle, 2.0), "area": (box, 1.0)}
+
+
 @lru_cache(maxsize=256)
-def contributions(in_len: int, out_len: int, scale: float, antialias: bool = True):
+def contributions(in_len: int, out_len: int, scale: float, antialias: bool = True,
+                  kernel_name: str = "bicubic"):
     """Weights (out_len, P) float64 and input indices (out_len, P) for one dimension.
 
     ``scale`` is out/in (< 1 shrinks). Follows MATLAB's ``contributions``: output pixel x
     (1-based) samples input coordinate u = x/scale + 0.5*(1 - 1/scale); out-of-range indices
     are mirrored (symmetric padding); weights of each row sum to 1.
+    ``nearest`` takes input pixel floor((x - 1) / scale) (0-based; OpenCV's / TensorFlow's
+    INTER_NEAREST, the top-left pixel of each block when shrinking by an integer).
     """
-    width = 4.0
+    if kernel_name == "nearest":
+        idx = torch.floor(torch.arange(out_len, dtype=torch.float64) / scale).long()
+        return torch.ones(out_len, 1, dtype=torch.float64), idx.clamp(max=in_len - 1)[:, None]
+    base, width = _KERNEL_FNS[kernel_name]
     if scale < 1 and antialias:
-        kernel = lambda d: scale * cubic(scale * d)  # noqa: E731 - stretched kernel
+        kernel = lambda d: scale * base(scale * d)  # noqa: E731 - stretched kernel
         width = width / scale
     else:
-        kernel = cubic
+        kernel = base
     x = torch.arange(1, out_len + 1, dtype=torch.float64)
     u = x / scale + 0.5 * (1 - 1 / scale)
     left = torch.floor(u - width / 2)
@@ -49,8 +72,9 @@ def contributions(in_len: int, out_len: int, scale: float, antialias: bool = Tru
     return w[:, keep].contiguous(), idx[:, keep].contiguous()
 
 
-def _resize_dim(img: torch.Tensor, dim: int, out_len: int, scale: float, antialias: bool):
-    w, idx = contributions(img.shape[dim], out_len, scale, antialias)
+def _resize_dim(img: torch.Tensor, dim: int, out_len: int, scale: float, antialias: bool,
+                kernel: str):
+    w, idx = contributions(img.shape[dim], out_len, scale, antialias, kernel)
     w = w.to(img.device, img.dtype)
     idx = idx.to(img.device)
     # Gather the taps along `dim`: (..., out_len, P, ...) then weight and sum over P.
@@ -60,10 +84,11 @@ def _resize_dim(img: torch.Tensor, dim: int, out_len: int, scale: float, antiali
 
 
 def imresize(img: torch.Tensor, scale: float | None = None, size: tuple[int, int] | None = None,
-             antialias: bool = True) -> torch.Tensor:
-    """MATLAB ``imresize(img, scale, 'bicubic')`` of a float tensor (..., H, W).
+             antialias: bool = True, kernel: str = "bicubic") -> torch.Tensor:
+    """MATLAB ``imresize(img, scale, kernel)`` of a float tensor (..., H, W), any device.
 
     Give ``scale`` (output = ceil(H*scale), ceil(W*scale)) or ``size`` (H_out, W_out).
+    ``kernel``: bicubic (default), bilinear, area (box, antialiased) or nearest.
     Values are not clamped or rounded; integer inputs are converted to float64.
     Rows are resized first, then columns (MATLAB's order for equal scales).
     """
@@ -77,27 +102,43 @@ def imresize(img: torch.Tensor, scale: float | None = None, size: tuple[int, int
         sh = sw = float(scale)
     else:
         sh, sw = size[0] / h, size[1] / w
-    out = _resize_dim(img, img.dim() - 2, size[0], sh, antialias)
-    return _resize_dim(out, img.dim() - 1, size[1], sw, antialias)
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    out = _resize_dim(img, img.dim() - 2, size[0], sh, antialias, kernel)
+    return _resize_dim(out, img.dim() - 1, size[1], sw, antialias, kernel)
 
 
-def modcrop(img: torch.Tensor, scale: int) -> torch.Tensor:
-    """Crop (..., H, W) to H, W multiples of ``scale`` from the top-left, as SR papers do."""
+def crop_multiple(scale: float) -> int:
+    """The HR side must be a multiple of this for ``scale``: s for integers, 3 for 1.5."""
+    return Fraction(scale).limit_denominator(64).numerator
+
+
+def modcrop(img: torch.Tensor, scale: float) -> torch.Tensor:
+    """Crop (..., H, W) to H, W multiples of ``crop_multiple(scale)`` from the top-left."""
+    m = crop_multiple(scale)
     h, w = img.shape[-2:]
-    return img[..., : h - h % scale, : w - w % scale]
+    return img[..., : h - h % m, : w - w % m]
 
 
-def bicubic_down(hr: torch.Tensor, scale: int, quantize: bool = True) -> torch.Tensor:
-    """LR image from an HR image (C, H, W) in [0, 255]; H, W must be multiples of ``scale``.
+def downscale(hr: torch.Tensor, scale: float, kernel: str = "bicubic",
+              quantize: bool = True) -> torch.Tensor:
+    """LR image from an HR image (..., H, W) in [0, 255], H, W multiples of ``crop_multiple``.
 
-    ``quantize`` rounds to integers and clamps to [0, 255], as when the LR is stored as a
-    PNG (the BasicSR/EDSR protocol). Returns float64 (C, H/s, W/s).
+    MATLAB ``imresize(hr, 1/scale, kernel)``. ``quantize`` rounds to integers and clamps to
+    [0, 255], as when the LR is stored as a PNG (the BasicSR/EDSR protocol).
+    Returns float64 (..., H/s, W/s).
     """
-    lq = imresize(hr.to(torch.float64), scale=1 / scale)
+    h, w = hr.shape[-2:]
+    lq = imresize(hr.to(torch.float64), size=(round(h / scale), round(w / scale)), kernel=kernel)
     return lq.round().clamp(0, 255) if quantize else lq
 
 
-def bicubic_up(lq: torch.Tensor, scale: int) -> torch.Tensor:
+def bicubic_down(hr: torch.Tensor, scale: float, quantize: bool = True) -> torch.Tensor:
+    """``downscale`` with MATLAB bicubic, the SR papers' degradation."""
+    return downscale(hr, scale, "bicubic", quantize)
+
+
+def bicubic_up(lq: torch.Tensor, scale: float) -> torch.Tensor:
     """MATLAB bicubic upscaling of (..., h, w) to (..., h*s, w*s); float, not rounded."""
     h, w = lq.shape[-2:]
-    return imresize(lq, size=(h * scale, w * scale))
+    return imresize(lq, size=(round(h * scale), round(w * scale)))

@@ -1,27 +1,50 @@
-"""Evaluation on whole validation images with the papers' protocol (design notes section 2).
+"""Evaluation on whole images with the papers' protocols (design notes section 2).
 
-Protocol used here (``modern``, BasicSR/EDSR): the LR is the MATLAB-bicubic down-scaled HR,
-quantised to uint8; the model output is quantised to uint8; PSNR/SSIM on the Y channel
-(BT.601, float) with ``scale`` pixels shaved from each edge, per image, then averaged.
+Two protocols (``eval.protocol``), both on whole images, ``scale`` pixels shaved from each
+edge, PSNR (peak 255) and SSIM per image in float64, then averaged over images:
+
+- ``modern`` (BasicSR/EDSR): degrade the RGB image, round the LR to uint8, round the output
+  to uint8, convert both to Y (BT.601, float) at metric time.
+- ``classic`` (the MATLAB code behind the bicubic/SRCNN/VDSR tables): convert the HR image to
+  Y first, rounded to uint8 (``rgb2ycbcr`` on uint8), degrade and upscale in floating point
+  (the LR is *not* rounded), round the output to uint8, compare with the HR Y.
+  RGB models get the float (unrounded) RGB LR; their output is rounded, then converted to Y.
+
+``eval.color=rgb`` scores the RGB channels instead of Y. Gray images are scored on their gray
+values (never squeezed into 16-235); an RGB model sees them as 3 equal channels and its
+output is turned back to gray with the normalised luma weights.
 The bicubic baseline (MATLAB bicubic up-scaling of the same LR) is scored the same way.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from sr_ablate.data import Pair
-from sr_ablate.degrade import bicubic_up
+from sr_ablate.degrade import bicubic_up, downscale
 from sr_ablate.metrics import psnr, rgb_to_y, shave, ssim
 
-PROTOCOL = {
-    "eval.protocol": "modern",
-    "eval.color_space": "y_bt601",
-    "eval.crop": "scale",
-    "eval.lr_source": "matlab_bicubic_on_the_fly_uint8",
-    "eval.ssim": "gaussian11_sigma1.5_valid_float64",
-}
+LUMA = torch.tensor([65.481, 128.553, 24.966], dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How an evaluation is done; ``tags()`` is what runs record to be comparable."""
+    name: str = "modern"     # modern | classic
+    color: str = "y"         # y | rgb
+    kernel: str = "bicubic"  # LR degradation of the evaluation images
+    ssim_impl: str = "gaussian11_sigma1.5_valid_float64"
+
+    def tags(self) -> dict[str, str]:
+        lr = "uint8" if self.name == "modern" else "float"
+        return {"eval.protocol": self.name, "eval.color_space": f"{self.color}_bt601"
+                if self.color == "y" else "rgb", "eval.crop": "scale",
+                "eval.lr_source": f"matlab_{self.kernel}_on_the_fly_{lr}",
+                "eval.ssim": self.ssim_impl}
 
 
 def quantize(img: torch.Tensor) -> torch.Tensor:
@@ -29,58 +52,154 @@ def quantize(img: torch.Tensor) -> torch.Tensor:
     return img.to(torch.float64).round().clamp(0, 255)
 
 
-def score(out: torch.Tensor, gt: torch.Tensor, scale: int) -> tuple[float, float]:
-    """(PSNR, SSIM) of (C, H, W) images in [0, 255] on Y, ``scale`` pixels shaved."""
-    y_out, y_gt = shave(rgb_to_y(out), scale), shave(rgb_to_y(gt), scale)
-    return psnr(y_out, y_gt), ssim(y_out, y_gt)
+def to_gray(img: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) -> (1, H, W) with luma weights normalised to sum 1 (equal channels stay)."""
+    w = (LUMA / LUMA.sum()).to(img.device).view(3, 1, 1)
+    return (img.to(torch.float64) * w).sum(dim=-3, keepdim=True)
+
+
+def reference(hr: torch.Tensor, p: Protocol) -> torch.Tensor:
+    """The HR image (C, H, W) uint8 in the protocol's metric space, float64."""
+    if p.color == "rgb" or hr.shape[0] == 1:
+        return hr.to(torch.float64)
+    y = rgb_to_y(hr)
+    return y.round() if p.name == "classic" else y
+
+
+def model_input(hr: torch.Tensor, scale: float, p: Protocol, channels: int) -> torch.Tensor:
+    """The LR image (channels, h, w) in [0, 255] float64 that the model gets for ``hr``."""
+    src = hr.to(torch.float64)
+    if channels == 1 and hr.shape[0] == 3:
+        src = rgb_to_y(hr).round()  # Y models: MATLAB rgb2ycbcr on uint8
+    elif channels == 3 and hr.shape[0] == 1:
+        src = src.expand(3, -1, -1)
+    return downscale(src, scale, p.kernel, quantize=p.name == "modern")
+
+
+def to_metric(out: torch.Tensor, hr: torch.Tensor, p: Protocol) -> torch.Tensor:
+    """Model/bicubic output (C, H, W) in [0, 255] -> the protocol's metric space."""
+    out = quantize(out)
+    if hr.shape[0] == 1 and out.shape[0] == 3:
+        out = to_gray(out).round()
+    if p.color == "y":
+        return rgb_to_y(out)
+    return out
+
+
+def score(out: torch.Tensor, ref: torch.Tensor, scale: float) -> tuple[float, float]:
+    """(PSNR, SSIM) of two metric-space images with ``ceil(scale)`` pixels shaved."""
+    b = int(-(-scale // 1))
+    a, r = shave(out, b), shave(ref, b)
+    return psnr(a, r), ssim(a, r)
 
 
 @torch.no_grad()
-def super_resolve(model: torch.nn.Module, lq: torch.Tensor, scale: int) -> torch.Tensor:
-    """Run ``model`` on one whole LR image (C, h, w) in [0, 255]; returns (C, h*s, w*s) in [0, 255].
+def super_resolve(model: torch.nn.Module, lq: torch.Tensor, scale: float,
+                  tile: int = 0) -> torch.Tensor:
+    """Run ``model`` on one whole LR image (C, h, w) in [0, 255]; returns (C, H, W) in [0, 255].
 
     Pre-upsampling models (``model.upsampled_input``) get the MATLAB-bicubic enlarged image.
+    ``tile`` > 0 runs tiles of that many input pixels (same pixels as whole-image inference).
     """
     device = next(model.parameters()).device
     x = lq.to(torch.float64)
     if getattr(model, "upsampled_input", False):
-        x = quantize(bicubic_up(x, scale))
-    out = model((x / 255).float().unsqueeze(0).to(device))[0]
+        x = bicubic_up(x, scale).clamp(0, 255)
+    x = (x / 255).float().unsqueeze(0).to(device)
+    if tile:
+        from sr_ablate.tiling import tiled_forward
+        out = tiled_forward(model, x, tile)[0]
+    else:
+        out = model(x)[0]
     return out.clamp(0, 1).to("cpu", torch.float64) * 255
 
 
 @dataclass
 class Evaluator:
-    """Callable ``eval_fn(model) -> {"val/psnr", "val/ssim", "val/bicubic_psnr", "val/bicubic_ssim"}``.
+    """Callable ``eval_fn(model) -> {"<prefix>/psnr", "<prefix>/ssim", "<prefix>/bicubic_psnr",
+    "<prefix>/bicubic_ssim", "<prefix>/seconds"}`` over whole HR images.
 
-    After a call, ``per_image`` holds one dict per image and ``last_outputs`` the SR images.
-    The bicubic baseline is computed once and reused.
+    ``images``: (name, HR (C, H, W) uint8) pairs, modcropped, C = 3 or 1 (gray).
+    After a call, ``per_image`` holds one dict per image and ``last_outputs`` the SR images
+    in [0, 255] (model channels). The bicubic baseline is computed once per channel count.
     """
-    pairs: list[Pair]
-    scale: int
+    images: list[tuple[str, torch.Tensor]]
+    scale: float
+    protocol: Protocol = Protocol()
     prefix: str = "val"
+    tile: int = 0
     per_image: list[dict] = field(default_factory=list)
     last_outputs: list[torch.Tensor] = field(default_factory=list)
-    _bicubic: list[tuple[float, float]] | None = None
+    _cache: dict = field(default_factory=dict)
 
-    def bicubic(self) -> list[tuple[float, float]]:
-        if self._bicubic is None:
-            self._bicubic = [score(quantize(bicubic_up(p.lq.to(torch.float64), self.scale)),
-                                   p.gt, self.scale) for p in self.pairs]
-        return self._bicubic
+    def inputs(self, channels: int) -> list[tuple[torch.Tensor, torch.Tensor, float, float]]:
+        """(LR input, reference, bicubic PSNR, bicubic SSIM) per image, for a model with
+        ``channels`` input channels; computed once."""
+        if channels not in self._cache:
+            rows = []
+            for _, hr in self.images:
+                lq = model_input(hr, self.scale, self.protocol, channels)
+                ref = reference(hr, self.protocol)
+                bic = to_metric(bicubic_up(lq, self.scale), hr, self.protocol)
+                rows.append((lq, ref, *score(bic, ref, self.scale)))
+            self._cache[channels] = rows
+        return self._cache[channels]
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        t0 = time.perf_counter()
         was_training = model.training
         model.eval()
+        channels = model_channels(model)
         rows, outs = [], []
-        for pair, (bp, bs) in zip(self.pairs, self.bicubic()):
-            out = quantize(super_resolve(model, pair.lq, self.scale))
-            p, s = score(out, pair.gt, self.scale)
-            rows.append({"image": pair.name, "psnr": p, "ssim": s,
-                         "bicubic_psnr": bp, "bicubic_ssim": bs})
+        for (name, hr), (lq, ref, bp, bs) in zip(self.images, self.inputs(channels)):
+            out = super_resolve(model, lq, self.scale, self.tile)
+            p, s = score(to_metric(out, hr, self.protocol), ref, self.scale)
+            rows.append({"image": name, "psnr": p, "ssim": s, "bicubic_psnr": bp,
+                         "bicubic_ssim": bs})
             outs.append(out)
         model.train(was_training)
         self.per_image, self.last_outputs = rows, outs
+        return {**self.summary(rows), f"{self.prefix}/seconds": time.perf_counter() - t0}
+
+    def summary(self, rows: list[dict]) -> dict[str, float]:
         n = len(rows)
         return {f"{self.prefix}/{k}": sum(r[k] for r in rows) / n
                 for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")}
+
+    def bicubic_only(self, channels: int = 3) -> tuple[dict[str, float], list[dict]]:
+        """The bicubic baseline alone (``model=bicubic``): metrics and per-image rows."""
+        t0 = time.perf_counter()
+        rows = [{"image": name, "psnr": bp, "ssim": bs} for (name, _), (_, _, bp, bs)
+                in zip(self.images, self.inputs(channels))]
+        n = len(rows)
+        out = {f"{self.prefix}/psnr": sum(r["psnr"] for r in rows) / n,
+               f"{self.prefix}/ssim": sum(r["ssim"] for r in rows) / n,
+               f"{self.prefix}/seconds": time.perf_counter() - t0}
+        return out, rows
+
+
+def model_channels(model: torch.nn.Module) -> int:
+    """Input channels of a model: its ``in_channels`` attribute, else its first Conv2d's."""
+    if getattr(model, "in_channels", None):
+        return model.in_channels
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            return m.in_channels
+    raise ValueError("cannot tell the model's input channels: no Conv2d found")
+
+
+def files_sha256(paths: list[Path]) -> str:
+    """One SHA-256 over the names and bytes of ``paths`` (sorted): identifies an evaluation set."""
+    h = hashlib.sha256()
+    for p in sorted(paths, key=lambda p: p.name):
+        h.update(p.name.encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def fingerprint(protocol: Protocol, set_hashes: dict[str, str]) -> dict[str, str]:
+    """Tags that make runs comparable: protocol, a hash per evaluation set, and
+    ``eval.fingerprint`` over both (the scale is a design factor, not part of it)."""
+    tags = {**protocol.tags(), **{f"eval.{name}.sha256": h for name, h in set_hashes.items()}}
+    tags["eval.fingerprint"] = hashlib.sha256(
+        json.dumps(tags, sort_keys=True).encode()).hexdigest()[:16]
+    return tags

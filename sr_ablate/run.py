@@ -1,8 +1,8 @@
 """Composition root: the one place that turns a config into objects and runs them.
 
-``run(cfg)`` = build (data, model, optimiser, loss) -> track -> fit -> evaluate -> log.
-Everything that can fail on bad input is built *before* the MLflow run opens, so bad input
-leaves no run behind; a failure after that ends the run FAILED.
+``run(cfg)`` = build (data, evaluation sets, model, optimiser, loss) -> track -> fit ->
+log. Everything that can fail on bad input is built *before* the MLflow run opens, so bad
+input leaves no run behind; a failure after that ends the run FAILED.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sr_ablate import data, tracking
+from sr_ablate import complexity, data, tracking
 from sr_ablate.config import check, flatten
-from sr_ablate.evaluate import PROTOCOL, Evaluator
+from sr_ablate.evaluate import Evaluator, Protocol, files_sha256, fingerprint, quantize
 from sr_ablate.train import fit
 
 
@@ -33,6 +33,40 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds CUDA
 
 
+def build_model(model_cfg) -> torch.nn.Module:
+    """The model named by a ``model`` config node (a dict or DictConfig with ``_target_``)."""
+    return instantiate(model_cfg)
+
+
+def build_evaluators(eval_cfg, scale: int, val: tuple[list, list[Path]] | None
+                     ) -> tuple[list[Evaluator], dict[str, str]]:
+    """One Evaluator per entry of ``eval.sets`` (``val`` = the data's validation split,
+    given as (images, files)), and the protocol fingerprint tags over all of them."""
+    protocol = Protocol(eval_cfg.protocol, eval_cfg.color, eval_cfg.kernel)
+    evaluators, hashes = [], {}
+    for name in eval_cfg.sets:
+        if name == "val":
+            if val is None:
+                continue
+            images, files = val
+        else:
+            name, files = data.eval_set_paths(name, eval_cfg.root)
+            images = data.load_eval_images(files, scale)
+        evaluators.append(Evaluator(images, scale, protocol, prefix=name, tile=eval_cfg.tile))
+        hashes[name] = files_sha256(files)
+    return evaluators, fingerprint(protocol, hashes)
+
+
+def evaluate_all(evaluators: list[Evaluator]):
+    """eval_fn for ``fit``: every set's metrics in one dict."""
+    def eval_fn(model):
+        out = {}
+        for ev in evaluators:
+            out.update(ev(model))
+        return out
+    return eval_fn
+
+
 def save_atomic(obj, path: Path) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -40,17 +74,23 @@ def save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def comparison_image(evaluator: Evaluator, crop: int = 96) -> torch.Tensor:
-    """bicubic | SR | HR of the centre crop of the first validation image, (C, crop, 3*crop) uint8."""
+def comparison_image(ev: Evaluator, crop: int = 96) -> torch.Tensor:
+    """bicubic | SR | HR of the centre crop of the set's first image, (C, crop, 3*crop) uint8."""
     from sr_ablate.degrade import bicubic_up
-    from sr_ablate.evaluate import quantize
+    from sr_ablate.evaluate import model_input
 
-    pair, sr = evaluator.pairs[0], evaluator.last_outputs[0]
-    bic = quantize(bicubic_up(pair.lq.to(torch.float64), evaluator.scale))
-    h, w = pair.gt.shape[-2:]
+    (_, hr), sr = ev.images[0], ev.last_outputs[0]
+    c_model = sr.shape[0]
+    lq = model_input(hr, ev.scale, ev.protocol, c_model)
+    bic = quantize(bicubic_up(lq, ev.scale))
+    gt = hr.to(torch.float64).expand(c_model, -1, -1) if hr.shape[0] == 1 else hr.to(torch.float64)
+    if c_model == 1 and hr.shape[0] == 3:
+        from sr_ablate.metrics import rgb_to_y
+        gt = rgb_to_y(hr).round()
+    h, w = gt.shape[-2:]
     c = min(crop, h, w)
     y, x = (h - c) // 2, (w - c) // 2
-    tiles = [t[:, y:y + c, x:x + c].to(torch.uint8) for t in (bic, sr, pair.gt)]
+    tiles = [quantize(t[:, y:y + c, x:x + c]).to(torch.uint8) for t in (bic, sr, gt)]
     return torch.cat(tiles, dim=-1)
 
 
@@ -58,6 +98,37 @@ def save_png(img: torch.Tensor, path: Path) -> None:
     from PIL import Image
     arr = img.permute(1, 2, 0).contiguous().numpy()
     Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(path)
+
+
+def log_outputs(log, cfg: DictConfig, model, evaluators: list[Evaluator], steps: int) -> None:
+    """Artifacts: resolved config, per-image metrics, comparison image, final checkpoint."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        with open(tmp / "per_image.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["set", *evaluators[0].per_image[0]])
+            writer.writeheader()
+            for ev in evaluators:
+                writer.writerows({"set": ev.prefix, **row} for row in ev.per_image)
+        save_png(comparison_image(evaluators[0]), tmp / "comparison.png")
+        for name in ("config.yaml", "per_image.csv", "comparison.png"):
+            log.log_artifact(tmp / name)
+        if cfg.tracking.checkpoint:
+            save_atomic({"model": model.state_dict(), "config": OmegaConf.to_container(
+                cfg, resolve=True), "step": steps}, tmp / "final.pt")
+            log.log_artifact(tmp / "final.pt", "checkpoints")
+
+
+def complexity_metrics(model, cfg: DictConfig, device) -> tuple[dict[str, float], dict[str, str]]:
+    """model/params, model/gflops and model/ms_per_frame at ``eval.frame``, and tags saying so."""
+    channels = cfg.model.get("in_channels", 3)
+    shape = complexity.model_input_shape(model, tuple(cfg.eval.frame), channels)
+    metrics = {"model/params": complexity.count_params(model),
+               "model/gflops": complexity.gflops(model, shape),
+               "model/ms_per_frame": complexity.ms_per_frame(model, shape, warmup=1, repeats=3,
+                                                             device=device)}
+    frame = "x".join(map(str, cfg.eval.frame))
+    return metrics, {"model.input_shape": "x".join(map(str, shape)), "model.frame_hw": frame}
 
 
 def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None = None,
@@ -71,37 +142,30 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
     seed_everything(cfg.seed)
     device = pick_device(cfg.trainer.device)
     t = cfg.trainer
-    train_pairs, val_pairs = data.build(cfg.data, scale=cfg.scale, patch_size=t.patch_size,
-                                        quantize=cfg.degradation.quantize)
-    model = instantiate(cfg.model).to(device)
+    train_pairs, val_images, val_files = data.build(
+        cfg.data, scale=cfg.scale, patch_size=t.patch_size, kernel=cfg.degradation.name,
+        quantize=cfg.degradation.quantize)
+    evaluators, eval_tags = build_evaluators(cfg.eval, cfg.scale, (val_images, val_files))
+    if not evaluators:
+        from sr_ablate import UserError
+        raise UserError("eval.sets is empty; list at least one set, e.g. eval.sets=[val]")
+    model = build_model(cfg.model).to(device)
     optimizer = instantiate(cfg.optim)(model.parameters())
     loss_fn = instantiate(cfg.loss)
-    evaluator = Evaluator(val_pairs, cfg.scale)
     batches = data.batches(train_pairs, scale=cfg.scale, patch_size=t.patch_size,
                            batch_size=t.batch_size, seed=cfg.seed, device=device)
 
     uri = tracking.store_uri(cfg.tracking.uri, cwd)
     params = {**(choices or {}), **flatten(cfg)}
-    tags = {**PROTOCOL, "overrides": " ".join(overrides or []), "device": str(device)}
+    tags = {**eval_tags, "overrides": " ".join(overrides or []), "device": str(device)}
     name = " ".join(overrides) if overrides else None
     with tracking.run(uri, cfg.tracking.experiment, params=params, tags=tags, name=name) as log:
-        log.log_metrics(0, {"model/params": sum(p.numel() for p in model.parameters())})
-        result = fit(model, batches, optimizer, steps=t.steps, loss_fn=loss_fn, eval_fn=evaluator,
-                     log_fn=log.log_metrics, eval_every=t.eval_every, log_every=t.log_every,
-                     grad_clip=t.grad_clip, device=device, progress=t.progress)
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-            with open(tmp / "per_image.csv", "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(evaluator.per_image[0]))
-                writer.writeheader()
-                writer.writerows(evaluator.per_image)
-            save_png(comparison_image(evaluator), tmp / "comparison.png")
-            for name_ in ("config.yaml", "per_image.csv", "comparison.png"):
-                log.log_artifact(tmp / name_)
-            if cfg.tracking.checkpoint:
-                save_atomic({"model": model.state_dict(), "config": OmegaConf.to_container(
-                    cfg, resolve=True), "step": t.steps}, tmp / "final.pt")
-                log.log_artifact(tmp / "final.pt", "checkpoints")
-    result["model/params"] = sum(p.numel() for p in model.parameters())
-    return result
+        cost, cost_tags = complexity_metrics(model, cfg, device)
+        log.set_tags(cost_tags)
+        log.log_metrics(0, cost)
+        result = fit(model, batches, optimizer, steps=t.steps, loss_fn=loss_fn,
+                     eval_fn=evaluate_all(evaluators), log_fn=log.log_metrics,
+                     eval_every=t.eval_every, log_every=t.log_every, grad_clip=t.grad_clip,
+                     device=device, progress=t.progress)
+        log_outputs(log, cfg, model, evaluators, t.steps)
+    return {**result, **cost}

@@ -48,7 +48,8 @@ class SRResNet(nn.Module):
             raise ValueError(f"upsampler must be 'pixelshuffle' or 'bicubic', got {upsampler!r}")
         if scale not in (2, 3, 4):
             raise ValueError(f"SRResNet supports scale 2, 3 or 4, got {scale}")
-        self.scale, self.global_skip, self.upsampler = scale, global_skip, upsampler
+        self.in_channels, self.scale = in_channels, scale
+        self.global_skip, self.upsampler = global_skip, upsampler
         pad = head_kernel // 2
         self.head = nn.Sequential(nn.Conv2d(in_channels, channels, head_kernel, padding=pad),
                                   nn.PReLU(channels))
