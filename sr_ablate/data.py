@@ -6,7 +6,6 @@ Images are held as uint8 tensors (C, H, W); batches are float32 in [0, 1] with k
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from sr_ablate import UserError
 from sr_ablate.degrade import downscale, modcrop
+from sr_ablate.download import data_root
 from sr_ablate.metrics import rgb_to_y
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -30,12 +30,6 @@ BUILTIN_VAL = ["chelsea.png", "coffee.png"]
 # `python -m sr_ablate.download NAME` puts them there.
 BENCHMARKS = {"set5": ["Set5"], "set14": ["Set14"], "b100": ["B100", "BSD100"],
               "urban100": ["Urban100"], "div2k_valid": ["DIV2K_valid_HR"]}
-DATA_ENV = "SR_ABLATE_DATA"
-
-
-def data_root(root: str | None = None) -> Path:
-    """Where named datasets live: ``root``, else $SR_ABLATE_DATA, else ~/.cache/sr_ablate/datasets."""
-    return Path(root or os.environ.get(DATA_ENV) or "~/.cache/sr_ablate/datasets").expanduser()
 
 
 def eval_set_paths(name: str, root: str | None = None) -> tuple[str, list[Path]]:

@@ -203,3 +203,10 @@ def fingerprint(protocol: Protocol, set_hashes: dict[str, str]) -> dict[str, str
     tags["eval.fingerprint"] = hashlib.sha256(
         json.dumps(tags, sort_keys=True).encode()).hexdigest()[:16]
     return tags
+
+
+if __name__ == "__main__":  # python -m sr_ablate.evaluate: the command lives in evaluate_cli
+    import sys
+
+    from sr_ablate.evaluate_cli import main
+    sys.exit(main())

@@ -1,7 +1,8 @@
 """Result tables from the runs in MLflow: ``python -m sr_ablate.report [experiment ...]``.
 
 Writes ``reports/<experiment>/results.md`` and ``results.csv``: one row per finished run with
-the swept parameters and the SRResNet study's columns. Column names are the MLflow names
+the swept parameters and the SRResNet study's columns (parameters, GFLOPs, ms per frame, final
+training loss, and per evaluation set PSNR, SSIM, bicubic PSNR, bicubic SSIM). Column names are the MLflow names
 (``model.blocks``, ``val/psnr``), which are also the override keys.
 """
 from __future__ import annotations
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-METRICS = ["model/params", "train/loss", "val/psnr", "val/ssim", "val/bicubic_psnr",
-           "val/bicubic_ssim"]
+COST = ["model/params", "model/gflops", "model/ms_per_frame", "train/loss"]
+SET_METRICS = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
 # Params that differ between runs without being a design choice.
 NOT_FACTORS = {"tracking.uri", "tracking.experiment", "trainer.progress", "trainer.device"}
 
@@ -37,21 +38,30 @@ def factors(runs: pd.DataFrame) -> list[str]:
                 keys.append(key)
     meta = {"run_id", "status", "experiment", "start_time"}
     for col in runs.columns:
-        if col in meta or col in METRICS or "/" in col or col.startswith("tag:") or col in keys:
+        if col in meta or "/" in col or col.startswith("tag:") or col in keys:
             continue
         if col not in NOT_FACTORS and runs[col].astype(str).nunique(dropna=False) > 1:
             keys.append(col)
     return keys
 
 
+def metric_columns(runs: pd.DataFrame) -> list[str]:
+    """The study's columns: cost, then per evaluation set (``val`` first) PSNR, SSIM, bicubic."""
+    sets = sorted({c.split("/")[0] for c in runs.columns
+                   if "/" in c and c.split("/", 1)[1] in SET_METRICS}, key=lambda n: (n != "val", n))
+    cols = [c for c in COST if c in runs.columns] or ["model/params", "train/loss"]
+    return cols + [f"{n}/{m}" for n in (sets or ["val"]) for m in SET_METRICS]
+
+
 def results_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per FINISHED run: run id, swept params (typed), then METRICS; sorted by params."""
+    """One row per FINISHED run: run id, swept params (typed), then the metric columns;
+    sorted by params."""
     done = runs[runs["status"] == "FINISHED"]
     keys = factors(done)
     table = pd.DataFrame({"run_id": done["run_id"].str[:8]})
     for k in keys:
         table[k] = done[k].map(_number)
-    for m in METRICS:
+    for m in metric_columns(done):
         table[m] = done[m] if m in done.columns else float("nan")
     if keys:
         table = table.sort_values(keys, key=lambda s: s.map(lambda v: (isinstance(v, str), v)))
@@ -77,15 +87,53 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+FP = "tag:eval.fingerprint"
+PROTOCOL_TAGS = ("eval.protocol", "eval.color_space", "eval.crop", "eval.lr_source", "eval.ssim")
+
+
+def by_fingerprint(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Runs split by evaluation-protocol fingerprint: runs scored differently never share a
+    table. Largest group first."""
+    fp = runs[FP].fillna("unknown") if FP in runs.columns else pd.Series("unknown", runs.index)
+    groups = [(k, runs[fp == k]) for k in fp.unique()]
+    return sorted(groups, key=lambda g: -len(g[1]))
+
+
+def _protocol_line(runs: pd.DataFrame) -> str:
+    first = runs.iloc[0]
+    parts = [f"{t.split('.', 1)[1]}={first.get('tag:' + t)}" for t in PROTOCOL_TAGS
+             if isinstance(first.get("tag:" + t), str)]
+    return ", ".join(parts) or "not recorded"
+
+
 def write(runs: pd.DataFrame, out_dir: Path, experiment: str) -> pd.DataFrame:
-    """Write results.csv and results.md for one experiment's runs; returns the table."""
-    table = results_table(runs)
+    """Write results.md and results.csv for one experiment's runs; returns the (first) table.
+
+    Runs with different evaluation fingerprints go to separate tables (``results.csv`` for
+    the largest group, ``results-<fingerprint>.csv`` for the others) and the Markdown says why.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / "results.csv", index=False)
-    (out_dir / "results.md").write_text(
-        f"# {experiment}\n\n{len(table)} finished runs. PSNR/SSIM: Y channel (BT.601), "
-        f"crop = scale, mean over validation images.\n\n{to_markdown(table)}")
-    return table
+    groups = by_fingerprint(runs[runs["status"] == "FINISHED"])
+    md = [f"# {experiment}\n"]
+    if len(groups) > 1:
+        md.append(f"These runs were evaluated under {len(groups)} different protocols or "
+                  "evaluation sets (fingerprints), so their numbers are not comparable: one "
+                  "table per fingerprint.\n")
+    first = None
+    for i, (fp, group) in enumerate(groups):
+        table = results_table(group)
+        name = "results.csv" if i == 0 else f"results-{fp}.csv"
+        table.to_csv(out_dir / name, index=False)
+        md.append(f"## Fingerprint {fp} ({name})\n\n{len(table)} finished runs. "
+                  f"Protocol: {_protocol_line(group)}; PSNR/SSIM are means over each set's "
+                  f"images.\n\n{to_markdown(table)}")
+        first = table if first is None else first
+    if first is None:
+        first = results_table(runs)
+        first.to_csv(out_dir / "results.csv", index=False)
+        md.append("No finished runs.\n")
+    (out_dir / "results.md").write_text("\n".join(md))
+    return first
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: experiment {name!r} has no runs; known: "
                   f"{', '.join(sorted(runs['experiment'].unique()))}", file=sys.stderr)
             return 2
-        table = write(sub, Path(args.out) / name, name)
-        print(f"{Path(args.out) / name / 'results.md'}: {len(table)} runs")
-        print(to_markdown(table))
+        write(sub, Path(args.out) / name, name)
+        path = Path(args.out) / name / "results.md"
+        print(f"{path}\n{path.read_text()}")
     return 0
 
 

@@ -170,6 +170,23 @@ def runs_frame(uri: str, experiment: str | None = None):
     return pd.DataFrame(rows)
 
 
+def download_checkpoint(uri: str, run_id: str, dst: str | Path) -> Path:
+    """Fetch ``checkpoints/final.pt`` of run ``run_id`` into ``dst``; UserError if impossible."""
+    from sr_ablate import UserError
+
+    client = MlflowClient(uri)
+    try:
+        client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise UserError(f"MLflow run {run_id!r} does not exist in {uri}; copy the id from "
+                        "`mlflow ui` or set MLFLOW_TRACKING_URI to the right store") from None
+    try:
+        return Path(client.download_artifacts(run_id, "checkpoints/final.pt", str(dst)))
+    except (mlflow.exceptions.MlflowException, OSError):
+        raise UserError(f"MLflow run {run_id} has no checkpoints/final.pt; it was run with "
+                        "tracking.checkpoint=false or did not finish") from None
+
+
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) pairs of one metric of one run, by step."""
     hist = MlflowClient(uri).get_metric_history(run_id, key)

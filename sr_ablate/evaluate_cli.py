@@ -1,0 +1,106 @@
+"""``python -m sr_ablate.evaluate``: evaluate bicubic or a trained run on any set and scale.
+
+    python -m sr_ablate.evaluate model=bicubic eval.data=<HR folder> scale=<s>
+    python -m sr_ablate.evaluate model=<MLflow run id | runs:/<id> | checkpoint.pt> eval.sets=[set5,set14]
+
+Other keys: any ``eval.*`` (protocol, color, tile, format=json ...), ``tracking.uri``,
+``trainer.device``. Prints a per-image table and the mean per set; with ``eval.format=json``
+the last line is one JSON object {"psnr", "ssim", "images": [{"name", "psnr", "ssim"}]}
+(several sets: {"sets": {name: {...}}}).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from sr_ablate import UserError
+
+
+def load_model(spec: str, uri: str, scale: int, device) -> torch.nn.Module | None:
+    """None for ``bicubic``; else the model of an MLflow run id / ``runs:/<id>`` / .pt file."""
+    from sr_ablate import tracking
+    from sr_ablate.run import build_model
+
+    if spec == "bicubic":
+        return None
+    if spec.endswith(".pt") or Path(spec).is_file():
+        path = Path(spec)
+        if not path.is_file():
+            raise UserError(f"checkpoint {spec} not found; give an existing .pt file or a run id")
+        return _from_checkpoint(path, scale, device, build_model)
+    run_id = spec.removeprefix("runs:/").strip("/").split("/")[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = tracking.download_checkpoint(uri, run_id, tmp)
+        return _from_checkpoint(path, scale, device, build_model)
+
+
+def _from_checkpoint(path: Path, scale: int, device, build_model) -> torch.nn.Module:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        model_cfg = ckpt["config"]["model"]
+    except Exception as e:
+        raise UserError(f"{path} is not an sr_ablate checkpoint ({e.__class__.__name__}); "
+                        "give the final.pt of a run") from None
+    trained = ckpt["config"].get("scale")
+    if trained != scale:
+        raise UserError(f"the model was trained for scale={trained}; pass scale={trained}")
+    model = build_model(model_cfg)
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sr_ablate import data, tracking
+    from sr_ablate.preflight import validate
+    from sr_ablate.run import build_evaluators, pick_device
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    try:
+        spec = next((a.split("=", 1)[1] for a in argv if a.startswith("model=")), None)
+        if spec is None:
+            raise UserError("say what to evaluate: model=bicubic or model=<MLflow run id>")
+        rest = [a for a in argv if not a.startswith("model=")]
+        cfg = validate(rest)
+        ev_cfg = cfg.eval
+        sets = [ev_cfg.data] if ev_cfg.data else [s for s in ev_cfg.sets if s != "val"]
+        if not sets:
+            raise UserError("no evaluation set: pass eval.data=<HR folder> or eval.sets=[set5,...]")
+        ev_cfg.sets = sets
+        evaluators, tags = build_evaluators(ev_cfg, cfg.scale, None)
+        device = pick_device(cfg.trainer.device)
+        model = load_model(spec, tracking.store_uri(cfg.tracking.uri), cfg.scale, device)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    results = {}
+    for ev in evaluators:
+        if model is None:
+            metrics, rows = ev.bicubic_only()
+        else:
+            metrics = ev(model)
+            rows = [{"image": r["image"], "psnr": r["psnr"], "ssim": r["ssim"]}
+                    for r in ev.per_image]
+        results[ev.prefix] = (metrics, rows)
+        print(f"# {ev.prefix} x{cfg.scale} ({ev.protocol.name} protocol, {ev.protocol.color}, "
+              f"model={spec}): {len(rows)} images in {metrics[f'{ev.prefix}/seconds']:.2f} s")
+        print(f"{'image':<24} {'psnr':>8} {'ssim':>8}")
+        for r in rows:
+            print(f"{r['image']:<24} {r['psnr']:8.4f} {r['ssim']:8.4f}")
+        print(f"{'mean':<24} {metrics[f'{ev.prefix}/psnr']:8.4f} {metrics[f'{ev.prefix}/ssim']:8.4f}")
+    if cfg.eval.format == "json":
+        objs = {name: {"psnr": m[f"{name}/psnr"], "ssim": m[f"{name}/ssim"],
+                       "images": [{"name": r["image"], "psnr": r["psnr"], "ssim": r["ssim"]}
+                                  for r in rows],
+                       "scale": cfg.scale, "fingerprint": tags["eval.fingerprint"],
+                       **{k: v for k, v in tags.items() if not k.startswith("eval.fingerprint")
+                          and k.count(".") == 1}}
+                for name, (m, rows) in results.items()}
+        print(json.dumps(next(iter(objs.values())) if len(objs) == 1 else {"sets": objs}))
+    return 0
