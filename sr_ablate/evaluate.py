@@ -137,10 +137,15 @@ class Evaluator:
         ``channels`` input channels; computed once."""
         if channels not in self._cache:
             rows = []
+            p = self.protocol
             for _, hr in self.images:
-                lq = model_input(hr, self.scale, self.protocol, channels)
-                ref = reference(hr, self.protocol)
-                bic = to_metric(bicubic_up(lq, self.scale), hr, self.protocol)
+                lq = model_input(hr, self.scale, p, channels)
+                ref = reference(hr, p)
+                # The baseline is the protocol's own pipeline, whatever the model takes:
+                # classic Y works on the rounded Y; otherwise the image's own channels.
+                base = 1 if (p.name == "classic" and p.color == "y") else hr.shape[0]
+                lq_b = lq if base == channels else model_input(hr, self.scale, p, base)
+                bic = to_metric(bicubic_up(lq_b, self.scale), hr, p)
                 rows.append((lq, ref, *score(bic, ref, self.scale)))
             self._cache[channels] = rows
         return self._cache[channels]

@@ -1,0 +1,123 @@
+"""``python -m sr_ablate.evaluate``, evaluation sets inside runs, and fingerprints in reports."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from sr_ablate.degrade import downscale
+from sr_ablate.report import write
+from sr_ablate.run import run
+from sr_ablate import tracking
+
+from conftest import TINY, builtin_images, cli
+
+
+@pytest.fixture(scope="module")
+def hr_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hr")
+    for src in builtin_images()[-2:]:  # chelsea, coffee: real photographs
+        shutil.copy(src, root / src.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, hr_folder):
+    """A tiny finished run that also evaluates on a folder set."""
+    from sr_ablate.preflight import compose
+    cwd = tmp_path_factory.mktemp("store")
+    cfg = compose(TINY + [f"eval.sets=[val,{hr_folder}]"])
+    result = run(cfg, cwd=str(cwd))
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+    (r,) = client.search_runs([client.get_experiment_by_name("sr_ablate").experiment_id])
+    return cwd, r, result
+
+
+def test_bicubic_json_last_line(hr_folder, tmp_path):
+    out = cli(["model=bicubic", f"eval.data={hr_folder}", "scale=3", "eval.format=json"],
+              tmp_path, module="sr_ablate.evaluate")
+    assert out.returncode == 0, out.stderr
+    obj = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [i["name"] for i in obj["images"]] == ["chelsea", "coffee"]
+    assert obj["psnr"] == pytest.approx(sum(i["psnr"] for i in obj["images"]) / 2)
+    assert 20 < obj["psnr"] < 40 and 0 < obj["ssim"] < 1
+    assert "chelsea" in out.stdout and "mean" in out.stdout  # the table precedes the JSON
+
+
+def test_run_logs_every_set_and_fingerprint(trained, hr_folder):
+    cwd, r, result = trained
+    m, t = r.data.metrics, r.data.tags
+    for prefix in ("val", hr_folder.name):
+        for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim"):
+            assert f"{prefix}/{k}" in m
+    assert {"model/params", "model/gflops", "model/ms_per_frame"} <= set(m)
+    assert m["model/gflops"] > 0 and t["model.frame_hw"] == "256x256"
+    assert len(t["eval.fingerprint"]) == 16 and f"eval.{hr_folder.name}.sha256" in t
+
+
+def test_evaluate_a_run_by_id_equals_its_logged_metrics(trained, hr_folder):
+    cwd, r, result = trained
+    out = cli([f"model={r.info.run_id}", f"eval.data={hr_folder}", "scale=2",
+               "eval.format=json"], cwd, module="sr_ablate.evaluate")
+    assert out.returncode == 0, out.stderr
+    obj = json.loads(out.stdout.strip().splitlines()[-1])
+    assert obj["psnr"] == pytest.approx(r.data.metrics[f"{hr_folder.name}/psnr"], abs=1e-9)
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["model=0123456789abcdef"], "does not exist"),
+    (["model=bicubic"], "no evaluation set"),
+    (["eval.data=/tmp"], "say what to evaluate"),
+    (["model=bicubic", "eval.sets=[set5]", "eval.root=/nonexistent"], "python -m sr_ablate.download set5"),
+    (["model=bicubic", "eval.sets=[nosuchset]"], "neither a known set"),
+])
+def test_evaluate_bad_input(trained, hr_folder, args, expected):
+    cwd, r, result = trained
+    if "does not exist" in expected:
+        args = args + [f"eval.data={hr_folder}"]
+    out = cli(args, cwd, module="sr_ablate.evaluate")
+    assert out.returncode == 2
+    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], out.stderr
+
+
+def test_evaluate_refuses_other_scale(trained, hr_folder):
+    cwd, r, _ = trained
+    out = cli([f"model={r.info.run_id}", f"eval.data={hr_folder}", "scale=4"], cwd,
+              module="sr_ablate.evaluate")
+    assert out.returncode == 2 and "trained for scale=2; pass scale=2" in out.stderr
+
+
+def test_report_never_mixes_fingerprints(store, compose, tmp_path):
+    run(compose(TINY + ["tracking.checkpoint=false"]), cwd=str(tmp_path))
+    run(compose(TINY + ["tracking.checkpoint=false", "eval.protocol=classic"]), cwd=str(tmp_path))
+    runs = tracking.runs_frame(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert runs["tag:eval.fingerprint"].nunique() == 2
+    write(runs, tmp_path / "rep", "sr_ablate")
+    md = (tmp_path / "rep" / "results.md").read_text()
+    assert "2 different protocols" in md and md.count("## Fingerprint") == 2
+    csvs = sorted(p.name for p in (tmp_path / "rep").glob("*.csv"))
+    assert len(csvs) == 2 and "results.csv" in csvs
+
+
+@pytest.mark.parametrize("kernel", ["area", "nearest", "bilinear", "bicubic"])
+def test_training_degradations(kernel):
+    g = torch.Generator().manual_seed(0)
+    hr = torch.randint(0, 256, (3, 12, 18), generator=g).double()
+    lq = downscale(hr, 3, kernel, quantize=False)
+    assert lq.shape == (3, 4, 6)
+    if kernel == "area":  # mean of each 3x3 block
+        assert torch.allclose(lq, hr.unfold(1, 3, 3).unfold(2, 3, 3).mean((-1, -2)))
+    if kernel == "nearest":  # top-left pixel of each block
+        assert torch.equal(lq, hr[:, ::3, ::3])
+    flat = torch.full((1, 12, 18), 77.0)
+    assert torch.allclose(downscale(flat, 3, kernel, quantize=False), torch.tensor(77.0).double())
+
+
+def test_run_with_area_degradation(store, compose, tmp_path):
+    out = run(compose(TINY + ["degradation=area", "tracking.checkpoint=false"]),
+              cwd=str(tmp_path))
+    assert out["val/psnr"] > 0
