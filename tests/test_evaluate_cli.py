@@ -121,3 +121,26 @@ def test_run_with_area_degradation(store, compose, tmp_path):
     out = run(compose(TINY + ["degradation=area", "tracking.checkpoint=false"]),
               cwd=str(tmp_path))
     assert out["val/psnr"] > 0
+
+
+def test_tiled_evaluation_scores_like_whole_images(compose):
+    from hydra.utils import instantiate
+    from sr_ablate.data import BUILTIN_VAL, builtin_dir, load_eval_images
+    from sr_ablate.evaluate import Evaluator
+    torch.manual_seed(0)
+    model = instantiate(compose(["model.blocks=2", "model.channels=8"]).model).eval()
+    images = [(n, img[:, :70, :90]) for n, img in
+              load_eval_images([builtin_dir() / BUILTIN_VAL[0]], 2)]
+    whole = Evaluator(images, 2)(model)
+    tiled = Evaluator(images, 2, tile=16)(model)
+    assert tiled["val/psnr"] == pytest.approx(whole["val/psnr"], abs=1e-6)
+
+
+def test_720p_to_1080p_degradation_x1_5():
+    from sr_ablate.degrade import bicubic_up, crop_multiple, modcrop
+    assert crop_multiple(1.5) == 3 and crop_multiple(4) == 4
+    hr = modcrop(torch.full((3, 1081, 1921), 40.0), 1.5)
+    assert hr.shape[-2:] == (1080, 1920)
+    lq = downscale(hr, 1.5, "bicubic")
+    assert lq.shape[-2:] == (720, 1280) and torch.all(lq == 40)
+    assert bicubic_up(lq, 1.5).shape[-2:] == (1080, 1920)

@@ -1,0 +1,173 @@
+"""Tiled inference that gives the same pixels as whole-image inference (design notes section 2).
+
+Each tile of the *input* is run with ``overlap`` pixels of context on every side and the
+context is cropped off its output. The context is clipped at the image edge, where the
+whole-image model sees the same zero padding, so nothing is padded here. With
+``overlap >= receptive_radius(model)`` every kept output pixel depends only on input pixels the
+tile holds, and the stitched image equals the whole-image output up to float rounding
+(convolution algorithms may differ with the input size: ~1e-6 on [0, 1] images).
+
+The radius is measured, not hard-coded: backpropagate from one output block and see which input
+pixels get a non-zero gradient. That covers every architecture knob, including feature
+interpolation (``upsampler=bicubic``), whose border handling (index clamping) differs at a tile
+edge unless the context covers its taps.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import weakref
+from fractions import Fraction
+
+import torch
+from torch import nn
+
+# model -> {in_channels: radius}; weak, so a cached model can still be freed.
+_radii: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _out_scale(model: nn.Module) -> float:
+    """Output pixels per input pixel: 1 for upsampled-input models, else ``model.scale``."""
+    return 1 if getattr(model, "upsampled_input", False) else model.scale
+
+
+def _period(scale: float) -> int:
+    """Fewest input pixels that map to a whole number of output pixels (1 for x2, 2 for x1.5)."""
+    return Fraction(scale).limit_denominator(1000).denominator
+
+
+def _device(model: nn.Module, default) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device(default)
+
+
+def _support(model: nn.Module, x: torch.Tensor, o0: int, o1: int,
+             gen: torch.Generator) -> tuple[list[int], list[int]]:
+    """Rows and columns of ``x`` whose pixels change output block [o0, o1)^2 (non-zero grad)."""
+    x = x.requires_grad_()
+    with torch.enable_grad():
+        block = model(x)[..., o0:o1, o0:o1]
+        # Random weights so that no two outputs' gradients can cancel exactly.
+        weights = torch.randn(block.shape, generator=gen).to(block.device, block.dtype)
+        (grad,) = torch.autograd.grad((block * weights).sum(), x)
+    support = grad.abs().sum(dim=(0, 1)) != 0  # (n, n)
+    return (support.any(dim=1).nonzero().flatten().tolist(),
+            support.any(dim=0).nonzero().flatten().tolist())
+
+
+def receptive_radius(model: nn.Module, in_channels: int = 3, start: int = 32,
+                     limit: int = 2048) -> int:
+    """Receptive-field radius of ``model`` in input pixels, measured by gradient probing.
+
+    In eval mode, on a random (1, in_channels, n, n) input, the gradient of one output block
+    (the outputs of one input pixel: s x s pixels for an LR-input model at scale s, one pixel
+    for an ``upsampled_input`` model) is taken with respect to the input; the radius is the
+    largest distance, along either axis, from that input pixel to one with a non-zero gradient.
+    ``n`` starts at ``start`` and doubles until the support stays clear of the border (so the
+    field is not truncated); a model whose field reaches ``limit`` (e.g. global pooling) has
+    no finite radius: ValueError. Assumes the model is shift-equivariant (no striding inside).
+    On CUDA the probe runs without cuDNN, whose FFT/Winograd algorithms can turn exact zero
+    gradients into rounding noise.
+
+    Cached per model instance and ``in_channels``: after changing the architecture in place,
+    measure a new instance.
+    """
+    cached = _radii.setdefault(model, {})
+    if in_channels in cached:
+        return cached[in_channels]
+    s = _out_scale(model)
+    p = _period(s)
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    device = _device(model, "cpu")
+    gen = torch.Generator().manual_seed(0)
+    was_training = model.training
+    model.eval()
+    n = max(start, 4 * p)
+    try:
+        while True:
+            x = torch.rand(1, in_channels, n, n, generator=gen).to(device, dtype)
+            c = n // 2 // p * p  # probed input pixels [c, c + p) on both axes
+            with (torch.backends.cudnn.flags(enabled=False) if device.type == "cuda"
+                  else contextlib.nullcontext()):
+                rows, cols = _support(model, x, round(c * s), round((c + p) * s), gen)
+            if not rows:
+                raise ValueError("the output does not depend on the input; no receptive field")
+            lo, hi = min(rows[0], cols[0]), max(rows[-1], cols[-1])
+            if lo > 0 and hi < n - 1:
+                break
+            if n >= limit:
+                raise ValueError(f"the receptive field reaches the border of a {n}x{n} input; "
+                                 "the model has no finite receptive radius (global operation?)")
+            n *= 2
+    finally:
+        model.train(was_training)
+    cached[in_channels] = radius = max(c - lo, hi - (c + p - 1), 0)
+    return radius
+
+
+def _spans(size: int, tile: int, overlap: int, p: int) -> list[tuple[int, int, int, int]]:
+    """(c0, a, b, c1) per tile along one axis: kept input [a, b), run on context [c0, c1)."""
+    spans = []
+    for a in range(0, size, tile):
+        b = min(a + tile, size)
+        c0 = max(0, a - overlap) // p * p  # start on the period so outputs stay pixel-aligned
+        spans.append((c0, a, b, min(size, b + overlap)))
+    return spans
+
+
+def _keep(c0: int, a: int, b: int, size: int, s: float, out_size: int) -> slice:
+    """Output pixels of kept input [a, b) in the output of context [c0, c1).
+
+    a, b, c0 are multiples of the period, so these are whole pixels; the last tile keeps the
+    rest of its output (the model decides the size of a fractional x1.5 edge).
+    """
+    start = round((a - c0) * s)
+    return slice(start, out_size if b == size else start + round(b * s) - round(a * s))
+
+
+@torch.no_grad()
+def tiled_forward(model: nn.Module, x: torch.Tensor, tile: int,
+                  overlap: int | None = None) -> torch.Tensor:
+    """Run ``model`` on ``x`` tile by tile; same pixels as ``model(x)`` when overlap is enough.
+
+    Args:
+        model: an SR model in eval mode (train-mode batch norm would use each tile's statistics).
+        x: (B, C, h, w) input as the model takes it: the LR image, or the bicubic-enlarged
+            image for ``upsampled_input`` models. May live on the CPU while the model is on a
+            GPU: tiles are moved to the model's device and the output is assembled on x's.
+        tile: tile side in input pixels (rounded up to a multiple of the scale's period for
+            non-integer scales). A tile larger than the image is a single whole-image pass.
+        overlap: context in input pixels on each side of a tile, clipped at the image edge.
+            Default: ``receptive_radius(model, C)``, which makes the result equal to whole-image
+            inference to float rounding. A smaller overlap still runs, but output pixels near
+            tile seams then differ from whole-image inference (the model sees zero padding
+            where the whole image has pixels).
+
+    Returns:
+        (B, C', h*s, w*s) for LR-input models at scale s, (B, C', h, w) for upsampled-input ones.
+    """
+    if tile <= 0:
+        raise ValueError(f"tile must be a positive number of pixels, got {tile}")
+    if overlap is None:
+        overlap = receptive_radius(model, x.shape[1])
+    if overlap < 0:
+        raise ValueError(f"overlap must be >= 0, got {overlap}")
+    s = _out_scale(model)
+    p = _period(s)
+    tile = -(-tile // p) * p
+    device = _device(model, x.device)
+    h, w = x.shape[-2:]
+    out, end_y, end_x = None, 0, 0
+    for c0y, ay, by, c1y in _spans(h, tile, overlap, p):
+        for c0x, ax, bx, c1x in _spans(w, tile, overlap, p):
+            y = model(x[..., c0y:c1y, c0x:c1x].to(device))  # (B, C', (c1-c0)*s, ...)
+            y = y[..., _keep(c0y, ay, by, h, s, y.shape[-2]),
+                  _keep(c0x, ax, bx, w, s, y.shape[-1])]  # the context cropped off
+            if out is None:  # ceil: room for a model that rounds a fractional size up
+                out = y.new_empty((*y.shape[:-2], math.ceil(h * s), math.ceil(w * s)),
+                                  device=x.device)
+            oy, ox = round(ay * s), round(ax * s)
+            out[..., oy:oy + y.shape[-2], ox:ox + y.shape[-1]] = y
+            end_y, end_x = max(end_y, oy + y.shape[-2]), max(end_x, ox + y.shape[-1])
+    return out[..., :end_y, :end_x]
