@@ -54,7 +54,6 @@ def _from_checkpoint(path: Path, scale: int, device, build_model) -> torch.nn.Mo
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sr_ablate import data, tracking
     from sr_ablate.preflight import validate
     from sr_ablate.run import build_evaluators, pick_device
 
@@ -75,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         ev_cfg.sets = sets
         evaluators, tags = build_evaluators(ev_cfg, cfg.scale, None)
         device = pick_device(cfg.trainer.device)
-        model = load_model(spec, tracking.store_uri(cfg.tracking.uri), cfg.scale, device)
+        model = None
+        if spec != "bicubic":  # mlflow is imported only when a run is named
+            from sr_ablate import tracking
+            model = load_model(spec, tracking.store_uri(cfg.tracking.uri), cfg.scale, device)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
