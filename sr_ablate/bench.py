@@ -51,9 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     class _Cfg:  # the data node of the built-in set
         name = "builtin"
         color = "rgb"
-    train, _ = data.build(_Cfg, scale=scale, patch_size=args.patch)
-    batches = data.batches(train, scale=scale, patch_size=args.patch, batch_size=args.batch,
-                           seed=0)
+    train, _, _ = data.build(_Cfg, scales=[scale], patch_size=args.patch)
+    batches = data.batches(train, patch_size=args.patch, batch_size=args.batch, seed=0)
     bare, full = [], []
     with tempfile.TemporaryDirectory() as tmp:
         uri = tracking.store_uri(None, tmp)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -24,7 +24,7 @@ class DataConf:
     root: Optional[str] = None     # folder of HR training images (data=folder)
     val_root: Optional[str] = None  # folder of HR validation images; default: hold out val_count
     val_count: int = 2
-    color: str = "rgb"             # rgb | y (1-channel luma)
+    color: str = "auto"            # auto (follows model.in_channels) | rgb | y (1-channel luma)
 
 
 @dataclass
@@ -43,6 +43,8 @@ class TrainerConf:
     eval_every: int = MISSING
     log_every: int = 10
     grad_clip: Optional[float] = None
+    clip_mode: str = "norm"        # norm | value | adjustable (VDSR: value clip at grad_clip / lr)
+    scales: list[float] = field(default_factory=list)  # multi-scale training (VDSR); [] = [scale]
     device: str = "auto"           # auto (CUDA when available) | cpu | cuda | cuda:N
     progress: bool = True
 
@@ -63,6 +65,7 @@ class EvalConf:
     root: Optional[str] = None
     tile: int = 0
     frame: list[int] = field(default_factory=lambda: [256, 256])
+    scales: list[float] = field(default_factory=list)  # more scales to evaluate: <set>_x<s>/psnr
     data: Optional[str] = None     # evaluate command: folder of HR images
     format: str = "table"          # evaluate command: table | json
 
@@ -72,18 +75,22 @@ class RootConf:
     model: Any = MISSING
     loss: Any = MISSING
     optim: Any = MISSING
+    sched: Any = MISSING
     data: DataConf = field(default_factory=DataConf)
     degradation: DegradationConf = field(default_factory=DegradationConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     eval: EvalConf = field(default_factory=EvalConf)
     seed: int = 0
-    scale: int = 2
+    scale: Union[int, float] = 2
+    study: Optional[str] = None    # set by sweep files: the study a run belongs to
+    variant: Optional[str] = None  # set by sweep files: the variant's name within the study
 
 
 ConfigStore.instance().store(name="schema", node=RootConf)
 
-CHOICES = {"data.name": ("builtin", "folder"), "data.color": ("rgb", "y"),
+CHOICES = {"data.name": ("builtin", "folder"), "data.color": ("auto", "rgb", "y"),
+           "trainer.clip_mode": ("norm", "value", "adjustable"),
            "degradation.name": KERNELS, "eval.protocol": ("modern", "classic"),
            "eval.color": ("y", "rgb"), "eval.kernel": KERNELS, "eval.format": ("table", "json")}
 POSITIVE = ("scale", "trainer.steps", "trainer.batch_size", "trainer.patch_size",
@@ -143,14 +150,15 @@ def check(cfg: DictConfig) -> None:
     for key in POSITIVE:
         if OmegaConf.select(cfg, key) <= 0:
             raise UserError(f"{key}={OmegaConf.select(cfg, key)} must be positive")
-    for group in ("model", "loss", "optim"):
-        check_target(group, cfg[group])
+    for group in ("model", "loss", "optim", "sched"):
+        if cfg[group].get("_target_"):
+            check_target(group, cfg[group])
     lr = cfg.optim.get("lr")
     if lr is not None and lr <= 0:
         raise UserError(f"optim.lr={lr} must be positive")
     if cfg.model.get("blocks") is not None and cfg.model.blocks < 1:
         raise UserError(f"model.blocks={cfg.model.blocks} must be at least 1")
-    want = 1 if cfg.data.color == "y" else 3
+    want = {"y": 1, "rgb": 3}.get(cfg.data.color, cfg.model.get("in_channels", 3))
     if cfg.model.get("in_channels", want) != want:
         raise UserError(f"model.in_channels={cfg.model.in_channels} but data.color="
                         f"{cfg.data.color} gives {want} channel(s); set model.in_channels={want}")
@@ -160,6 +168,8 @@ def check(cfg: DictConfig) -> None:
         raise UserError(f"eval.frame={list(cfg.eval.frame)} must be [height, width]")
     if cfg.eval.color == "rgb" and want == 1:
         raise UserError("eval.color=rgb needs an RGB model; use eval.color=y with data.color=y")
+    if min(list(cfg.trainer.scales) or [1]) <= 0 or min(list(cfg.eval.scales) or [1]) <= 0:
+        raise UserError("trainer.scales and eval.scales must hold positive scales")
     if cfg.data.name == "folder" and not cfg.data.root:
         raise UserError("data=folder needs data.root; pass data.root=<folder of HR images>")
 

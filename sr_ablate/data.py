@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
@@ -15,7 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from sr_ablate import UserError
-from sr_ablate.degrade import downscale, modcrop
+from sr_ablate.degrade import bicubic_up, downscale, modcrop
 from sr_ablate.download import data_root
 from sr_ablate.metrics import rgb_to_y
 
@@ -53,10 +54,12 @@ def eval_set_paths(name: str, root: str | None = None) -> tuple[str, list[Path]]
 
 @dataclass
 class Pair:
-    """One HR image and its LR version: ``gt`` (C, H, W) uint8, ``lq`` (C, H/s, W/s) uint8 or float."""
+    """One HR image ``gt`` (C, H, W) uint8 and its model input ``lq``: the LR (C, H/s, W/s)
+    or, for pre-upsampling models, the bicubic-enlarged LR (C, H, W); uint8 or float."""
     name: str
     gt: torch.Tensor
     lq: torch.Tensor
+    scale: float = 2
 
 
 def builtin_dir() -> Path:
@@ -134,20 +137,28 @@ def load_images(paths: list[Path], scale: int, color: str, min_size: int = 0,
     return images
 
 
-def make_pairs(images: list[tuple[str, torch.Tensor]], scale: int, kernel: str = "bicubic",
-               quantize: bool = True) -> list[Pair]:
-    """Degrade each HR image once (MATLAB ``imresize`` with ``kernel``, design notes section 2)."""
+def make_pairs(images: list[tuple[str, torch.Tensor]], scale: float, kernel: str = "bicubic",
+               quantize: bool = True, upsampled: bool = False) -> list[Pair]:
+    """Degrade each HR image once (MATLAB ``imresize`` with ``kernel``, design notes section 2).
+
+    ``upsampled``: for pre-upsampling models (SRCNN, VDSR) the input is the LR image enlarged
+    back to HR size with MATLAB bicubic, computed on the whole image (no patch-border effects).
+    """
     pairs = []
     for name, gt in images:
         lq = downscale(gt, scale, kernel, quantize)
-        pairs.append(Pair(name, gt, lq.to(torch.uint8) if quantize else lq.float()))
+        if upsampled:
+            lq = bicubic_up(lq, scale).clamp(0, 255)
+            lq = lq.round() if quantize else lq
+        pairs.append(Pair(name, gt, lq.to(torch.uint8) if quantize else lq.float(), scale))
     return pairs
 
 
-def build(data_cfg, *, scale: int, patch_size: int, kernel: str = "bicubic",
-          quantize: bool = True):
-    """Training pairs, validation images (name, HR uint8 (C, H, W), gray kept 1-channel) and
-    the validation files, from ``data_cfg`` (the ``data`` config node)."""
+def build(data_cfg, *, scales: list[float], patch_size: int, color: str = "rgb",
+          kernel: str = "bicubic", quantize: bool = True, upsampled: bool = False):
+    """Training pairs per scale {scale: [Pair]}, validation images (name, HR uint8 (C, H, W),
+    gray kept 1-channel, modcropped for ``scales[0]``) and the validation files, from
+    ``data_cfg`` (the ``data`` config node). ``color``: rgb | y for the training images."""
     if data_cfg.name == "builtin":
         d = builtin_dir()
         train, val = [d / n for n in BUILTIN_TRAIN], [d / n for n in BUILTIN_VAL]
@@ -161,10 +172,16 @@ def build(data_cfg, *, scale: int, patch_size: int, kernel: str = "bicubic",
                                 "(one held out for validation) or set data.val_root")
             n = max(1, min(data_cfg.val_count, len(train) // 2))
             train, val = train[:-n], train[-n:]
-    train_hr = load_images(train, scale, data_cfg.color, min_size=patch_size * scale,
-                           why=f"training patch: trainer.patch_size={patch_size} x "
-                               f"scale={scale}; lower trainer.patch_size or")
-    return make_pairs(train_hr, scale, kernel, quantize), load_eval_images(val, scale), val
+    pairs = {}
+    for scale in scales:
+        if (patch_size * scale) % 1:
+            raise UserError(f"trainer.patch_size={patch_size} x scale={scale} is not a whole "
+                            "number of HR pixels; use an even trainer.patch_size")
+        hr = load_images(train, scale, color, min_size=int(patch_size * scale),
+                         why=f"training patch: trainer.patch_size={patch_size} x "
+                             f"scale={scale}; lower trainer.patch_size or")
+        pairs[scale] = make_pairs(hr, scale, kernel, quantize, upsampled)
+    return pairs, load_eval_images(val, scales[0]), val
 
 
 def load_eval_images(paths: list[Path], scale: int) -> list[tuple[str, torch.Tensor]]:
@@ -174,24 +191,35 @@ def load_eval_images(paths: list[Path], scale: int) -> list[tuple[str, torch.Ten
                        why=f"evaluation: 11x11 SSIM window + 2 x scale={scale} border;")
 
 
-def batches(pairs: list[Pair], *, scale: int, patch_size: int, batch_size: int,
-            seed: int, augment: bool = True, device: str | torch.device = "cpu") -> Iterator[dict]:
+def batches(pairs: dict[float, list[Pair]], *, patch_size: int, batch_size: int, seed: int,
+            augment: bool = True, device: str | torch.device = "cpu") -> Iterator[dict]:
     """Endless random aligned patch pairs with flips/rot90, float32 in [0, 1].
 
-    Yields {"lq": (B, C, p, p), "gt": (B, C, p*s, p*s)} on ``device``. Deterministic for a seed.
+    Each batch draws one scale from ``pairs`` (multi-scale training, VDSR) and yields
+    {"lq": (B, C, p, p) or, for pre-upsampled pairs, (B, C, p*s, p*s), "gt": (B, C, p*s, p*s),
+    "scale": s} on ``device``; p = ``patch_size`` LR pixels. Deterministic for a seed.
     """
     g = torch.Generator().manual_seed(seed)
-    p, ps = patch_size, patch_size * scale
+    scales = list(pairs)
     while True:
-        idx = torch.randint(len(pairs), (batch_size,), generator=g).tolist()
+        scale = scales[torch.randint(len(scales), (1,), generator=g).item()] if len(scales) > 1 \
+            else scales[0]
+        group = pairs[scale]
+        ps = int(patch_size * scale)
+        # Patch corners on a grid where LR and HR pixels align (every 2 LR px for x1.5).
+        step = Fraction(scale).limit_denominator(64).denominator
         lqs, gts = [], []
-        for i in idx:
-            pair = pairs[i]
-            h, w = pair.lq.shape[-2:]
-            y = torch.randint(h - p + 1, (1,), generator=g).item()
-            x = torch.randint(w - p + 1, (1,), generator=g).item()
-            lq = pair.lq[:, y:y + p, x:x + p]
-            gt = pair.gt[:, y * scale:y * scale + ps, x * scale:x * scale + ps]
+        for i in torch.randint(len(group), (batch_size,), generator=g).tolist():
+            pair = group[i]
+            h, w = pair.gt.shape[-2:]
+            y = torch.randint((h - ps) // int(step * scale) + 1, (1,), generator=g).item()
+            x = torch.randint((w - ps) // int(step * scale) + 1, (1,), generator=g).item()
+            y_hr, x_hr = y * int(step * scale), x * int(step * scale)
+            gt = pair.gt[:, y_hr:y_hr + ps, x_hr:x_hr + ps]
+            if pair.lq.shape[-1] == pair.gt.shape[-1]:  # pre-upsampled input: same window
+                lq = pair.lq[:, y_hr:y_hr + ps, x_hr:x_hr + ps]
+            else:
+                lq = pair.lq[:, y * step:y * step + patch_size, x * step:x * step + patch_size]
             if augment:
                 hflip, vflip, rot = torch.randint(2, (3,), generator=g).tolist()
                 dims = [d for d, f in ((-1, hflip), (-2, vflip)) if f]
@@ -203,4 +231,4 @@ def batches(pairs: list[Pair], *, scale: int, patch_size: int, batch_size: int,
             gts.append(gt)
         lq = torch.stack(lqs).to(device, non_blocking=True).float().div_(255)
         gt = torch.stack(gts).to(device, non_blocking=True).float().div_(255)
-        yield {"lq": lq, "gt": gt}
+        yield {"lq": lq, "gt": gt, "scale": scale}

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if not sets:
             raise UserError("no evaluation set: pass eval.data=<HR folder> or eval.sets=[set5,...]")
         ev_cfg.sets = sets
-        evaluators, tags = build_evaluators(ev_cfg, cfg.scale, None)
+        evaluators, tags = build_evaluators(ev_cfg, [cfg.scale], None)
         device = pick_device(cfg.trainer.device)
         model = None
         if spec != "bicubic":  # mlflow is imported only when a run is named

@@ -16,9 +16,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sr_ablate import complexity, data, tracking
+from sr_ablate import UserError, complexity, data, tracking
 from sr_ablate.config import check, flatten
-from sr_ablate.evaluate import Evaluator, Protocol, files_sha256, fingerprint, quantize
+from sr_ablate.evaluate import (Evaluator, Protocol, files_sha256, fingerprint, model_channels,
+                                quantize)
 from sr_ablate.train import fit
 
 
@@ -38,22 +39,25 @@ def build_model(model_cfg) -> torch.nn.Module:
     return instantiate(model_cfg)
 
 
-def build_evaluators(eval_cfg, scale: int, val: tuple[list, list[Path]] | None
+def build_evaluators(eval_cfg, scales: list[float], val_files: list[Path] | None
                      ) -> tuple[list[Evaluator], dict[str, str]]:
-    """One Evaluator per entry of ``eval.sets`` (``val`` = the data's validation split,
-    given as (images, files)), and the protocol fingerprint tags over all of them."""
+    """One Evaluator per entry of ``eval.sets`` and scale (``val`` = the data's validation
+    files), and the protocol fingerprint tags over all sets. The first scale is the run's:
+    its metrics are ``<set>/psnr``; other scales' are ``<set>_x<s>/psnr``."""
     protocol = Protocol(eval_cfg.protocol, eval_cfg.color, eval_cfg.kernel)
     evaluators, hashes = [], {}
     for name in eval_cfg.sets:
         if name == "val":
-            if val is None:
+            if val_files is None:
                 continue
-            images, files = val
+            files = val_files
         else:
             name, files = data.eval_set_paths(name, eval_cfg.root)
-            images = data.load_eval_images(files, scale)
-        evaluators.append(Evaluator(images, scale, protocol, prefix=name, tile=eval_cfg.tile))
         hashes[name] = files_sha256(files)
+        for i, s in enumerate(scales):
+            prefix = name if i == 0 else f"{name}_x{s:g}"
+            evaluators.append(Evaluator(data.load_eval_images(files, s), s, protocol,
+                                        prefix=prefix, tile=eval_cfg.tile))
     return evaluators, fingerprint(protocol, hashes)
 
 
@@ -121,8 +125,7 @@ def log_outputs(log, cfg: DictConfig, model, evaluators: list[Evaluator], steps:
 
 def complexity_metrics(model, cfg: DictConfig, device) -> tuple[dict[str, float], dict[str, str]]:
     """model/params, model/gflops and model/ms_per_frame at ``eval.frame``, and tags saying so."""
-    channels = cfg.model.get("in_channels", 3)
-    shape = complexity.model_input_shape(model, tuple(cfg.eval.frame), channels)
+    shape = complexity.model_input_shape(model, tuple(cfg.eval.frame), model_channels(model))
     metrics = {"model/params": complexity.count_params(model),
                "model/gflops": complexity.gflops(model, shape),
                "model/ms_per_frame": complexity.ms_per_frame(model, shape, warmup=1, repeats=3,
@@ -142,22 +145,34 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
     seed_everything(cfg.seed)
     device = pick_device(cfg.trainer.device)
     t = cfg.trainer
-    train_pairs, val_images, val_files = data.build(
-        cfg.data, scale=cfg.scale, patch_size=t.patch_size, kernel=cfg.degradation.name,
-        quantize=cfg.degradation.quantize)
-    evaluators, eval_tags = build_evaluators(cfg.eval, cfg.scale, (val_images, val_files))
-    if not evaluators:
-        from sr_ablate import UserError
-        raise UserError("eval.sets is empty; list at least one set, e.g. eval.sets=[val]")
     model = build_model(cfg.model).to(device)
+    channels = model_channels(model)
+    train_scales = list(t.scales) or [cfg.scale]
+    if not model.upsampled_input and train_scales != [cfg.scale]:
+        raise UserError(f"trainer.scales={train_scales}: multi-scale training needs a "
+                        "pre-upsampling model (srcnn, vdsr, srcnn_rnn); use trainer.scales=[]")
+    color = cfg.data.color if cfg.data.color != "auto" else ("y" if channels == 1 else "rgb")
+    train_pairs, _, val_files = data.build(
+        cfg.data, scales=train_scales, patch_size=t.patch_size, color=color,
+        kernel=cfg.degradation.name, quantize=cfg.degradation.quantize,
+        upsampled=model.upsampled_input)
+    eval_scales = [cfg.scale] + [s for s in [*train_scales, *cfg.eval.scales] if s != cfg.scale]
+    evaluators, eval_tags = build_evaluators(cfg.eval, list(dict.fromkeys(eval_scales)),
+                                             val_files)
+    if not evaluators:
+        raise UserError("eval.sets is empty; list at least one set, e.g. eval.sets=[val]")
     optimizer = instantiate(cfg.optim)(model.parameters())
-    loss_fn = instantiate(cfg.loss)
-    batches = data.batches(train_pairs, scale=cfg.scale, patch_size=t.patch_size,
-                           batch_size=t.batch_size, seed=cfg.seed, device=device)
+    scheduler = instantiate(cfg.sched)(optimizer) if cfg.sched.get("_target_") else None
+    loss_fn = instantiate(cfg.loss).to(device)  # may stop here: e.g. VGG weights missing
+    batches = data.batches(train_pairs, patch_size=t.patch_size, batch_size=t.batch_size,
+                           seed=cfg.seed, device=device)
 
     uri = tracking.store_uri(cfg.tracking.uri, cwd)
     params = {**(choices or {}), **flatten(cfg)}
-    tags = {**eval_tags, "overrides": " ".join(overrides or []), "device": str(device)}
+    tags = {**eval_tags, **getattr(loss_fn, "tags", {}), "overrides": " ".join(overrides or []),
+            "device": str(device)}
+    if cfg.study:
+        tags["sr_ablate.study"] = cfg.study
     name = " ".join(overrides) if overrides else None
     with tracking.run(uri, cfg.tracking.experiment, params=params, tags=tags, name=name) as log:
         cost, cost_tags = complexity_metrics(model, cfg, device)
@@ -166,6 +181,7 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
         result = fit(model, batches, optimizer, steps=t.steps, loss_fn=loss_fn,
                      eval_fn=evaluate_all(evaluators), log_fn=log.log_metrics,
                      eval_every=t.eval_every, log_every=t.log_every, grad_clip=t.grad_clip,
-                     device=device, progress=t.progress)
+                     clip_mode=t.clip_mode, scheduler=scheduler, device=device,
+                     progress=t.progress)
         log_outputs(log, cfg, model, evaluators, t.steps)
     return {**result, **cost}

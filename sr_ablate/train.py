@@ -16,11 +16,31 @@ class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+def clip_gradients(params, optimizer: torch.optim.Optimizer, value: float | None,
+                   mode: str = "norm") -> None:
+    """Clip gradients: ``norm`` (total L2 norm <= value), ``value`` (each in [-value, value])
+    or ``adjustable`` (VDSR: each in [-value/lr, value/lr] with the current learning rate)."""
+    if not value:
+        return
+    if mode == "norm":
+        torch.nn.utils.clip_grad_norm_(params, value)
+    elif mode == "value":
+        torch.nn.utils.clip_grad_value_(params, value)
+    elif mode == "adjustable":
+        torch.nn.utils.clip_grad_value_(params, value / optimizer.param_groups[0]["lr"])
+    else:
+        raise ValueError(f"clip mode must be norm, value or adjustable, got {mode!r}")
+
+
 def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.Optimizer, *,
         steps: int, loss_fn: Callable, eval_fn: EvalFn | None = None, log_fn: LogFn | None = None,
         eval_every: int = 0, log_every: int = 10, grad_clip: float | None = None,
-        device: str | torch.device = "cpu", progress: bool = True) -> dict[str, float]:
+        clip_mode: str = "norm", scheduler=None, device: str | torch.device = "cpu",
+        progress: bool = True) -> dict[str, float]:
     """Train ``model`` for ``steps`` optimiser steps on ``batches`` ({"lq", "gt"} in [0, 1]).
+
+    ``scheduler`` (a torch LR scheduler, or None) is stepped after every optimiser step;
+    gradients are clipped by ``clip_gradients(grad_clip, clip_mode)``.
 
     ``log_fn(step, metrics)`` receives ``train/loss`` (mean over the last ``log_every`` steps)
     and, every ``eval_every`` steps and at the end, the output of ``eval_fn(model)``.
@@ -40,9 +60,10 @@ def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.
         loss = loss_fn(model(lq), gt)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        clip_gradients(model.parameters(), optimizer, grad_clip, clip_mode)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         running += loss.detach()
         since += 1
         bar.update(1)
@@ -52,7 +73,7 @@ def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.
             if not math.isfinite(value):
                 bar.close()
                 raise NonFiniteLoss(f"training loss is {value} at step {step}")
-            metrics = {"train/loss": value}
+            metrics = {"train/loss": value, "train/lr": optimizer.param_groups[0]["lr"]}
             running.zero_()
             since = 0
             if do_eval:

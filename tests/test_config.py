@@ -27,7 +27,9 @@ def test_every_config_file_composes(compose, group, option):
 def test_defaults_are_the_documented_ones(compose):
     cfg = compose([])
     assert cfg.model._target_.endswith("SRResNet") and cfg.model.blocks == 16
-    assert cfg.scale == 2 and cfg.data.color == "rgb" and cfg.trainer.name == "quick"
+    # RGB training: data.color=auto follows the 3-channel model
+    assert cfg.scale == 2 and cfg.data.color == "auto" and cfg.model.in_channels == 3
+    assert cfg.trainer.name == "quick"
     assert cfg.loss._target_ == "torch.nn.MSELoss"
     assert (cfg.optim.lr, list(cfg.optim.betas), cfg.optim.eps) == (1e-4, [0.9, 0.999], 1e-8)
 
@@ -58,7 +60,7 @@ def test_scale_reaches_the_model(compose):
     (["model.blocks=0"], "model.blocks=0 must be at least 1"),
     (["optim.lr=-1"], "optim.lr=-1 must be positive"),
     (["scale=0"], "scale=0 must be positive"),
-    (["data.color=cmyk"], "data.color='cmyk' is not valid; use one of: rgb, y"),
+    (["data.color=cmyk"], "data.color='cmyk' is not valid; use one of: auto, rgb, y"),
     (["data.color=y"], "set model.in_channels=1"),
     (["data=folder"], "data=folder needs data.root"),
 ])
