@@ -29,20 +29,19 @@ def _number(value):
 
 
 def factors(runs: pd.DataFrame) -> list[str]:
-    """Swept parameters: keys of the runs' command-line overrides, plus params that differ."""
-    keys: list[str] = []
+    """Swept parameters: params whose value differs between runs; keys the runs' command
+    lines overrode come first, in the order typed."""
+    meta = {"run_id", "status", "experiment", "start_time"}
+    varying = [c for c in runs.columns
+               if c not in meta and "/" not in c and not c.startswith("tag:")
+               and c not in NOT_FACTORS and runs[c].astype(str).nunique(dropna=False) > 1]
+    typed: list[str] = []
     for text in runs.get("tag:overrides", pd.Series(dtype=str)).fillna(""):
         for item in text.split():
             key = item.split("=", 1)[0].lstrip("+~")
-            if key in runs.columns and key not in keys and not key.startswith("hydra"):
-                keys.append(key)
-    meta = {"run_id", "status", "experiment", "start_time"}
-    for col in runs.columns:
-        if col in meta or "/" in col or col.startswith("tag:") or col in keys:
-            continue
-        if col not in NOT_FACTORS and runs[col].astype(str).nunique(dropna=False) > 1:
-            keys.append(col)
-    return keys
+            if key in varying and key not in typed:
+                typed.append(key)
+    return typed + [c for c in varying if c not in typed]
 
 
 def metric_columns(runs: pd.DataFrame) -> list[str]:

@@ -30,10 +30,11 @@ def store(tmp_path, monkeypatch):
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-def cli(args: list[str], cwd: Path, timeout: float = 300, module: str = "sr_ablate"):
+def cli(args: list[str], cwd: Path, timeout: float = 300, module: str = "sr_ablate",
+        env: dict | None = None):
     """Run ``python -m sr_ablate ARGS`` in ``cwd`` like a user would; returns CompletedProcess."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "SR_ABLATE_"))}
+    env = {**{k: v for k, v in os.environ.items()
+              if not k.startswith(("MLFLOW_", "SR_ABLATE_"))}, **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -1,0 +1,106 @@
+"""Sweep files (``sweeps/<study>.yaml``) turned into one Hydra ``-m`` invocation.
+
+    python -m sr_ablate sweep=srresnet_ablation [more overrides, e.g. trainer=smoke]
+
+A sweep file names its ``study`` and holds any of:
+  ``overrides``: applied to every run;
+  ``grid``: {key: [values]} swept as every combination (Hydra's ``key=a,b,c``);
+  ``variants``: {name: [overrides]}: a list of one-off variants (an ablation), run as a
+  generated config group ``study_variant`` (one ``# @package _global_`` file per variant);
+  ``baseline``: the variant the others are compared with (for reports).
+Every run gets ``study=<study>`` (a param) and goes to the MLflow experiment of that name.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from sr_ablate import UserError
+
+SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+KEYS = {"study", "description", "overrides", "grid", "variants", "baseline"}
+
+
+def load(name: str) -> dict:
+    """The sweep file ``sweeps/<name>.yaml`` (or a path), checked; UserError when wrong."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else SWEEPS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
+        raise UserError(f"no sweep file {path}; known sweeps: {known}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    unknown = set(spec) - KEYS
+    if unknown:
+        raise UserError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; a sweep file "
+                        f"holds {', '.join(sorted(KEYS))}")
+    if not spec.get("study"):
+        raise UserError(f"{path}: missing 'study: <name>'")
+    if not spec.get("grid") and not spec.get("variants"):
+        raise UserError(f"{path}: give 'grid' or 'variants' (or both)")
+    if spec.get("baseline") and spec["baseline"] not in (spec.get("variants") or {}):
+        raise UserError(f"{path}: baseline {spec['baseline']!r} is not one of the variants")
+    spec["path"] = str(path)
+    return spec
+
+
+def _value(text: str):
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def variant_yaml(name: str, overrides: list[str]) -> str:
+    """A ``# @package _global_`` config that applies ``overrides`` (group choices go in its
+    defaults list, ``a.b=v`` into the config body)."""
+    defaults, body = [], {"variant": name}
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if "." not in key and (CONF_DIR / key).is_dir():
+            defaults.append({f"override /{key}": value})
+            continue
+        node = body
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = _value(value)
+    doc = {"defaults": [*defaults, "_self_"], **body}
+    return "# @package _global_\n" + yaml.safe_dump(doc, sort_keys=False)
+
+
+def _grid(spec: dict) -> list[str]:
+    return [f"{k}={','.join(str(v).lower() if isinstance(v, bool) else str(v) for v in vals)}"
+            for k, vals in (spec.get("grid") or {}).items()]
+
+
+def to_argv(spec: dict, extra: list[str], workdir: Path) -> list[str]:
+    """The Hydra command line for a sweep; variant configs are written under ``workdir``."""
+    argv = ["-m", *(spec.get("overrides") or []), *_grid(spec),
+            f"study={spec['study']}", f"tracking.experiment={spec['study']}"]
+    variants = spec.get("variants") or {}
+    if variants:
+        group = workdir / "study_variant"
+        group.mkdir(parents=True, exist_ok=True)
+        for name, overrides in variants.items():
+            (group / f"{name}.yaml").write_text(variant_yaml(name, overrides or []))
+        argv += [f"hydra.searchpath=[file://{workdir}]", f"+study_variant={','.join(variants)}"]
+    return argv + extra
+
+
+def checks(spec: dict, extra: list[str]) -> list[list[str]]:
+    """Plain override lists to validate, one per variant (grid values are swept by -m)."""
+    base = ["-m", *(spec.get("overrides") or []), *_grid(spec), f"study={spec['study']}",
+            f"tracking.experiment={spec['study']}"]
+    variants = spec.get("variants") or {"": []}
+    return [base + [*(v or []), f"variant={n}" if n else "variant=null"] + extra
+            for n, v in variants.items()]
+
+
+def expand(argv: list[str]) -> tuple[list[str], dict | None, tempfile.TemporaryDirectory | None]:
+    """If ``argv`` names ``sweep=<name>``: (Hydra argv, the sweep spec, its temp dir)."""
+    named = [a for a in argv if a.startswith("sweep=")]
+    if not named:
+        return argv, None, None
+    spec = load(named[0].split("=", 1)[1])
+    extra = [a for a in argv if not a.startswith("sweep=") and a not in ("-m", "--multirun")]
+    tmp = tempfile.TemporaryDirectory(prefix="sr_ablate_sweep_")
+    return to_argv(spec, extra, Path(tmp.name)), spec, tmp

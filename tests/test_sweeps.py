@@ -1,0 +1,109 @@
+"""Sweep files: every file in sweeps/ is valid, expands to one Hydra -m command, and runs
+end to end at trainer=smoke (slow) with every run tagged with its study."""
+from __future__ import annotations
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from sr_ablate import UserError, sweep
+from sr_ablate.preflight import validate
+
+from conftest import REPO, cli
+
+SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
+
+
+def test_the_studies_of_the_source_projects_are_there():
+    assert {"srresnet_blocks", "srresnet_ablation", "srcnn_rnn_models", "srcnn_variants",
+            "vdsr_scales", "live_sr"} <= set(SWEEPS)
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_variant_composes_and_passes_the_checks(name):
+    spec = sweep.load(name)
+    for argv in sweep.checks(spec, ["trainer=smoke"]):
+        cfg = validate(argv)
+        assert cfg.study == spec["study"] and cfg.tracking.experiment == spec["study"]
+
+
+def test_ablation_variants_are_the_study_s_six_plus_baseline():
+    spec = sweep.load("srresnet_ablation")
+    assert spec["baseline"] == "base" and spec["variants"]["base"] == []
+    assert sorted(spec["variants"]) == sorted(["base", "blocks8", "blocks12", "blocks24",
+                                               "no_global_skip", "bicubic_upsampler", "vgg54"])
+
+
+def test_variant_config_puts_group_choices_in_defaults():
+    doc = yaml.safe_load(sweep.variant_yaml("v", ["loss=l1", "model.blocks=8", "seed=3",
+                                                  "eval.sets=[val,set5]"]))
+    assert doc["defaults"] == [{"override /loss": "l1"}, "_self_"]
+    assert doc["model"] == {"blocks": 8} and doc["seed"] == 3 and doc["variant"] == "v"
+    assert doc["eval"]["sets"] == ["val", "set5"]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("study: s\ngrid: {model.blocks: [1]}\ngird: 1\n", "unknown key(s) gird"),
+    ("grid: {model.blocks: [1]}\n", "missing 'study: <name>'"),
+    ("study: s\n", "give 'grid' or 'variants'"),
+    ("study: s\nbaseline: x\nvariants: {a: []}\n", "baseline 'x' is not one of the variants"),
+])
+def test_bad_sweep_files(tmp_path, text, expected):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(UserError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        sweep.load(str(f))
+
+
+def test_unknown_sweep_name_lists_the_known_ones(tmp_path):
+    out = cli(["sweep=srresnet_blokcs"], tmp_path)
+    assert out.returncode == 2
+    assert "known sweeps:" in out.stderr and "srresnet_blocks" in out.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_typo_inside_a_variant_fails_before_any_run(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("study: s\nvariants:\n  a: []\n  b: [model.blokcs=3]\n")
+    out = cli([f"sweep={f}", "trainer=smoke"], tmp_path)
+    assert out.returncode == 2 and "unknown setting 'model.blokcs'" in out.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def fake_vgg_weights(torch_home):
+    """A torchvision-format VGG19 state dict with random values (the plumbing, not the
+    features, is under test; no network)."""
+    import torch
+    from sr_ablate.losses import VGG19Features
+    path = torch_home / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
+    path.parent.mkdir(parents=True)
+    net = VGG19Features(cut=35)
+    torch.save({f"features.{k}": v for k, v in net.state_dict().items()}, path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SWEEPS)
+def test_sweep_runs_at_smoke_budget(tmp_path, name, monkeypatch):
+    spec = sweep.load(name)
+    env = {}
+    if "vgg54" in yaml.safe_dump(spec):
+        fake_vgg_weights(tmp_path / "torch")
+        env["TORCH_HOME"] = str(tmp_path / "torch")
+    out = cli([f"sweep={name}", "trainer=smoke", "trainer.progress=false"], tmp_path,
+              timeout=1200, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(spec["study"])
+    runs = client.search_runs([exp.experiment_id])
+    children = [r for r in runs if r.data.tags.get("sr_ablate.role") != "sweep"]
+    n_grid = 1
+    for values in (spec.get("grid") or {}).values():
+        n_grid *= len(values)
+    assert len(children) == n_grid * max(1, len(spec.get("variants") or {}))
+    for r in runs:
+        assert r.info.status == "FINISHED"
+    for r in children:
+        assert r.data.params["study"] == spec["study"]
+        assert r.data.tags["sr_ablate.study"] == spec["study"]
+    if spec.get("variants"):
+        assert sorted(r.data.params["variant"] for r in children) == sorted(spec["variants"])
