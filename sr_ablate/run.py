@@ -34,9 +34,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds CUDA
 
 
+def build(node):
+    """``instantiate(node)``, with a UserError raised inside (e.g. VGG weights missing)
+    passed through as itself instead of wrapped in Hydra's InstantiationException."""
+    from hydra.errors import InstantiationException
+    try:
+        return instantiate(node)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        raise
+
+
 def build_model(model_cfg) -> torch.nn.Module:
     """The model named by a ``model`` config node (a dict or DictConfig with ``_target_``)."""
-    return instantiate(model_cfg)
+    return build(model_cfg)
 
 
 def build_evaluators(eval_cfg, scales: list[float], val_files: list[Path] | None
@@ -161,9 +173,9 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
                                              val_files)
     if not evaluators:
         raise UserError("eval.sets is empty; list at least one set, e.g. eval.sets=[val]")
-    optimizer = instantiate(cfg.optim)(model.parameters())
-    scheduler = instantiate(cfg.sched)(optimizer) if cfg.sched.get("_target_") else None
-    loss_fn = instantiate(cfg.loss).to(device)  # may stop here: e.g. VGG weights missing
+    optimizer = build(cfg.optim)(model.parameters())
+    scheduler = build(cfg.sched)(optimizer) if cfg.sched.get("_target_") else None
+    loss_fn = build(cfg.loss).to(device)  # may stop here: e.g. VGG weights missing
     batches = data.batches(train_pairs, patch_size=t.patch_size, batch_size=t.batch_size,
                            seed=cfg.seed, device=device)
 

@@ -42,3 +42,25 @@ def cli(args: list[str], cwd: Path, timeout: float = 300, module: str = "sr_abla
 def builtin_images() -> list[Path]:
     from sr_ablate.data import BUILTIN_TRAIN, BUILTIN_VAL, builtin_dir
     return [builtin_dir() / n for n in BUILTIN_TRAIN + BUILTIN_VAL]
+
+
+def save_fake_vgg19(torch_home: Path) -> Path:
+    """A torchvision-format VGG19 ``features`` state dict with random values, where
+    torch.hub looks for it: tests the VGG54 plumbing without any download."""
+    import torch
+    from sr_ablate.losses import VGG19Features
+    torch.manual_seed(0)
+    path = torch_home / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({f"features.{k}": v for k, v in VGG19Features().state_dict().items()}, path)
+    return path
+
+
+@pytest.fixture
+def vgg_weights(tmp_path, monkeypatch):
+    """TORCH_HOME pointing at a hub cache that holds fake VGG19 weights; no network."""
+    path = save_fake_vgg19(tmp_path / "torch")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    return path

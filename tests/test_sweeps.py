@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from sr_ablate import UserError, sweep
 from sr_ablate.preflight import validate
 
-from conftest import REPO, cli
+from conftest import REPO, cli, save_fake_vgg19
 
 SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
 
@@ -70,24 +70,13 @@ def test_typo_inside_a_variant_fails_before_any_run(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def fake_vgg_weights(torch_home):
-    """A torchvision-format VGG19 state dict with random values (the plumbing, not the
-    features, is under test; no network)."""
-    import torch
-    from sr_ablate.losses import VGG19Features
-    path = torch_home / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
-    path.parent.mkdir(parents=True)
-    net = VGG19Features(cut=35)
-    torch.save({f"features.{k}": v for k, v in net.state_dict().items()}, path)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SWEEPS)
 def test_sweep_runs_at_smoke_budget(tmp_path, name, monkeypatch):
     spec = sweep.load(name)
     env = {}
     if "vgg54" in yaml.safe_dump(spec):
-        fake_vgg_weights(tmp_path / "torch")
+        save_fake_vgg19(tmp_path / "torch")
         env["TORCH_HOME"] = str(tmp_path / "torch")
     out = cli([f"sweep={name}", "trainer=smoke", "trainer.progress=false"], tmp_path,
               timeout=1200, env=env)
