@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-COST = ["model/params", "model/gflops", "model/ms_per_frame", "train/loss"]
+COST = ["model/params", "model/gflops", "model/ms_per_frame", "model/s_per_30_frames",
+        "train/loss"]
 SET_METRICS = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
 # Params that differ between runs without being a design choice.
 NOT_FACTORS = {"tracking.uri", "tracking.experiment", "trainer.progress", "trainer.device"}
@@ -55,7 +56,8 @@ def metric_columns(runs: pd.DataFrame) -> list[str]:
 def results_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per FINISHED run: run id, swept params (typed), then the metric columns;
     sorted by params."""
-    done = runs[runs["status"] == "FINISHED"]
+    # columns of other experiments' runs (all empty here) are not this table's
+    done = runs[runs["status"] == "FINISHED"].dropna(axis=1, how="all")
     keys = factors(done)
     table = pd.DataFrame({"run_id": done["run_id"].str[:8]})
     for k in keys:
