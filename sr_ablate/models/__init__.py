@@ -1,8 +1,14 @@
 """SR architectures: plain ``nn.Module``s whose keyword arguments are the ``model.*`` override keys.
 
 Each model class has ``upsampled_input``: True when it expects the bicubic-enlarged image
-(HR size) as input, False when it takes the LR image.
+(HR size) as input (SRCNN, SRCNNRNN, VDSR), False when it takes the LR image (SRResNet,
+ESPCN, EDSR).
 """
+from sr_ablate.models.edsr import EDSR
+from sr_ablate.models.espcn import ESPCN
+from sr_ablate.models.srcnn import SRCNN
+from sr_ablate.models.srcnn_rnn import SRCNNRNN
 from sr_ablate.models.srresnet import SRResNet
+from sr_ablate.models.vdsr import VDSR
 
-__all__ = ["SRResNet"]
+__all__ = ["EDSR", "ESPCN", "SRCNN", "SRCNNRNN", "SRResNet", "VDSR"]
