@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sr_ablate import UserError, complexity, data, tracking
 from sr_ablate.config import check, flatten
+from sr_ablate.degrade import crop_multiple
 from sr_ablate.evaluate import (Evaluator, Protocol, files_sha256, fingerprint, model_channels,
                                 quantize)
 from sr_ablate.train import fit
@@ -137,13 +138,15 @@ def log_outputs(log, cfg: DictConfig, model, evaluators: list[Evaluator], steps:
 
 def complexity_metrics(model, cfg: DictConfig, device) -> tuple[dict[str, float], dict[str, str]]:
     """model/params, model/gflops and model/ms_per_frame at ``eval.frame``, and tags saying so."""
-    shape = complexity.model_input_shape(model, tuple(cfg.eval.frame), model_channels(model))
+    m = crop_multiple(cfg.scale)  # e.g. a 256 frame is measured as 255 at x1.5 (LR 170)
+    frame = tuple(x - x % m for x in cfg.eval.frame)
+    shape = complexity.model_input_shape(model, frame, model_channels(model))
     ms = complexity.ms_per_frame(model, shape, warmup=1, repeats=3, device=device)
     metrics = {"model/params": complexity.count_params(model),
                "model/gflops": complexity.gflops(model, shape), "model/ms_per_frame": ms,
                "model/s_per_30_frames": 30 * ms / 1000}  # how the live-SR project judged it
-    frame = "x".join(map(str, cfg.eval.frame))
-    return metrics, {"model.input_shape": "x".join(map(str, shape)), "model.frame_hw": frame}
+    return metrics, {"model.input_shape": "x".join(map(str, shape)),
+                     "model.frame_hw": "x".join(map(str, frame))}
 
 
 def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None = None,

@@ -112,7 +112,8 @@ def _spans(size: int, tile: int, overlap: int, p: int) -> list[tuple[int, int, i
     for a in range(0, size, tile):
         b = min(a + tile, size)
         c0 = max(0, a - overlap) // p * p  # start on the period so outputs stay pixel-aligned
-        spans.append((c0, a, b, min(size, b + overlap)))
+        c1 = min(size, -(-(b + overlap) // p) * p)  # end on the period too (x1.5: even sides)
+        spans.append((c0, a, b, c1))
     return spans
 
 

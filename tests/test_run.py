@@ -120,3 +120,12 @@ def test_seeded_runs_repeat_and_y_channel_training(store, compose, tmp_path):
     assert a["train/loss"] == b["train/loss"] and a["val/psnr"] == b["val/psnr"]
     c = run(compose(overrides + ["seed=1"]), cwd=str(tmp_path))
     assert c["train/loss"] != a["train/loss"]
+
+
+def test_live_model_at_x1_5_with_default_frame(store, compose, tmp_path):
+    """ESPCN x1.5 (720p -> 1080p style): training patches and the complexity frame are
+    aligned to the scale's period (a 256 frame is measured as 255 -> LR 170)."""
+    out = run(compose(["model=espcn", "scale=1.5", "trainer=smoke", "model.channels=8",
+                       "trainer.patch_size=16", "trainer.progress=false",
+                       "tracking.checkpoint=false"]), cwd=str(tmp_path))
+    assert out["val/psnr"] > 0 and out["model/s_per_30_frames"] > 0
