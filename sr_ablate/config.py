@@ -7,6 +7,7 @@ arguments, so the model's signature *is* its schema.
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -106,7 +107,7 @@ def _type_ok(value, annotation) -> bool:
     if annotation is inspect.Parameter.empty or isinstance(annotation, str):
         return True
     origin = typing.get_origin(annotation)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, a) for a in typing.get_args(annotation))
     if annotation is type(None):
         return value is None
