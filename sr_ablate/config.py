@@ -142,8 +142,13 @@ def check_target(group: str, node: DictConfig) -> None:
                             f"type {want}")
 
 
-def check(cfg: DictConfig) -> None:
-    """Every check that can be made before any work starts; raises UserError (one line)."""
+TARGETS = ("model", "loss", "optim", "sched")
+
+
+def check(cfg: DictConfig, targets: tuple[str, ...] = TARGETS) -> None:
+    """Every check that can be made before any work starts; raises UserError (one line).
+    ``targets``: the class-valued groups to check against their constructors (the evaluate
+    command, which builds no training objects, checks none)."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
@@ -151,7 +156,7 @@ def check(cfg: DictConfig) -> None:
     for key in POSITIVE:
         if OmegaConf.select(cfg, key) <= 0:
             raise UserError(f"{key}={OmegaConf.select(cfg, key)} must be positive")
-    for group in ("model", "loss", "optim", "sched"):
+    for group in targets:
         if cfg[group].get("_target_"):
             check_target(group, cfg[group])
     lr = cfg.optim.get("lr")

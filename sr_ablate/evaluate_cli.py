@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         if spec is None:
             raise UserError("say what to evaluate: model=bicubic or model=<MLflow run id>")
         rest = [a for a in argv if not a.startswith("model=")]
-        cfg = validate(rest)
+        cfg = validate(rest, targets=())  # the model comes from model=, not from conf/model
         ev_cfg = cfg.eval
         sets = [ev_cfg.data] if ev_cfg.data else [s for s in ev_cfg.sets if s != "val"]
         if not sets:

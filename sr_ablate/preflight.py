@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sr_ablate import UserError
-from sr_ablate.config import check  # also registers the schema with Hydra's ConfigStore
+from sr_ablate.config import TARGETS, check  # also registers the schema with Hydra's ConfigStore
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 # Hydra's own flags; with these we let Hydra answer (help, printing the config...).
@@ -76,9 +76,10 @@ def _expand(overrides: list[str]) -> list[list[str]]:
     return combos
 
 
-def validate(argv: list[str]) -> DictConfig | None:
+def validate(argv: list[str], targets: tuple[str, ...] = TARGETS) -> DictConfig | None:
     """Compose and check the config(s) named by ``argv``; returns the first, or None when
-    ``argv`` asks Hydra for help/printing. Raises UserError with a one-line message."""
+    ``argv`` asks Hydra for help/printing. Raises UserError with a one-line message.
+    ``targets``: the class-valued groups checked against their constructors."""
     if any(a.split("=")[0] in PASSTHROUGH for a in argv):
         return None
     overrides = [a for a in argv if not a.startswith("-")
@@ -92,7 +93,7 @@ def validate(argv: list[str]) -> DictConfig | None:
             choices = [o for o in combo if "." not in o.split("=")[0] and o != bad]
             raise UserError(_explain(e if bad is None else _error_of(bad, choices), bad or
                                      " ".join(combo), choices)) from None
-        check(cfg)
+        check(cfg, targets)
         first = first or cfg
     return first
 

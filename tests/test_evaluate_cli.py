@@ -36,6 +36,13 @@ def trained(tmp_path_factory, hr_folder):
     return cwd, r, result
 
 
+def test_bicubic_at_x1_5(hr_folder, tmp_path):
+    out = cli(["model=bicubic", f"eval.data={hr_folder}", "scale=1.5", "eval.format=json"],
+              tmp_path, module="sr_ablate.evaluate")
+    assert out.returncode == 0, out.stderr
+    assert 25 < json.loads(out.stdout.strip().splitlines()[-1])["psnr"] < 50
+
+
 def test_bicubic_json_last_line(hr_folder, tmp_path):
     out = cli(["model=bicubic", f"eval.data={hr_folder}", "scale=3", "eval.format=json"],
               tmp_path, module="sr_ablate.evaluate")
