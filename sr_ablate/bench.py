@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     class _Cfg:  # the data node of the built-in set
         name = "builtin"
         color = "rgb"
-    train, _, _ = data.build(_Cfg, scales=[scale], patch_size=args.patch)
+    train, _ = data.build(_Cfg, scales=[scale], patch_size=args.patch)
     batches = data.batches(train, patch_size=args.patch, batch_size=args.batch, seed=0)
     bare, full = [], []
     with tempfile.TemporaryDirectory() as tmp:

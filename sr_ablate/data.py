@@ -156,9 +156,9 @@ def make_pairs(images: list[tuple[str, torch.Tensor]], scale: float, kernel: str
 
 def build(data_cfg, *, scales: list[float], patch_size: int, color: str = "rgb",
           kernel: str = "bicubic", quantize: bool = True, upsampled: bool = False):
-    """Training pairs per scale {scale: [Pair]}, validation images (name, HR uint8 (C, H, W),
-    gray kept 1-channel, modcropped for ``scales[0]``) and the validation files, from
-    ``data_cfg`` (the ``data`` config node). ``color``: rgb | y for the training images."""
+    """Training pairs per scale {scale: [Pair]} and the validation files (evaluation loads
+    them, per scale), from ``data_cfg`` (the ``data`` config node). ``color``: rgb | y for
+    the training images."""
     if data_cfg.name == "builtin":
         d = builtin_dir()
         train, val = [d / n for n in BUILTIN_TRAIN], [d / n for n in BUILTIN_VAL]
@@ -181,7 +181,7 @@ def build(data_cfg, *, scales: list[float], patch_size: int, color: str = "rgb",
                          why=f"training patch: trainer.patch_size={patch_size} x "
                              f"scale={scale}; lower trainer.patch_size or")
         pairs[scale] = make_pairs(hr, scale, kernel, quantize, upsampled)
-    return pairs, load_eval_images(val, scales[0]), val
+    return pairs, val
 
 
 def load_eval_images(paths: list[Path], scale: int) -> list[tuple[str, torch.Tensor]]:

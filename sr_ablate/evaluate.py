@@ -166,19 +166,18 @@ class Evaluator:
         self.per_image, self.last_outputs = rows, outs
         return {**self.summary(rows), f"{self.prefix}/seconds": time.perf_counter() - t0}
 
-    def summary(self, rows: list[dict]) -> dict[str, float]:
+    def summary(self, rows: list[dict],
+                keys=("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")) -> dict[str, float]:
+        """Mean over images of each of ``keys``, as ``<prefix>/<key>``."""
         n = len(rows)
-        return {f"{self.prefix}/{k}": sum(r[k] for r in rows) / n
-                for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")}
+        return {f"{self.prefix}/{k}": sum(r[k] for r in rows) / n for k in keys}
 
     def bicubic_only(self, channels: int = 3) -> tuple[dict[str, float], list[dict]]:
         """The bicubic baseline alone (``model=bicubic``): metrics and per-image rows."""
         t0 = time.perf_counter()
         rows = [{"image": name, "psnr": bp, "ssim": bs} for (name, _), (_, _, bp, bs)
                 in zip(self.images, self.inputs(channels))]
-        n = len(rows)
-        out = {f"{self.prefix}/psnr": sum(r["psnr"] for r in rows) / n,
-               f"{self.prefix}/ssim": sum(r["ssim"] for r in rows) / n,
+        out = {**self.summary(rows, ("psnr", "ssim")),
                f"{self.prefix}/seconds": time.perf_counter() - t0}
         return out, rows
 

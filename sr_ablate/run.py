@@ -94,11 +94,9 @@ def save_atomic(obj, path: Path) -> None:
 def comparison_image(ev: Evaluator, crop: int = 96) -> torch.Tensor:
     """bicubic | SR | HR of the centre crop of the set's first image, (C, crop, 3*crop) uint8."""
     from sr_ablate.degrade import bicubic_up
-    from sr_ablate.evaluate import model_input
-
     (_, hr), sr = ev.images[0], ev.last_outputs[0]
     c_model = sr.shape[0]
-    lq = model_input(hr, ev.scale, ev.protocol, c_model)
+    lq = ev.inputs(c_model)[0][0]  # the LR the model saw, computed once by the evaluator
     bic = quantize(bicubic_up(lq, ev.scale))
     gt = hr.to(torch.float64).expand(c_model, -1, -1) if hr.shape[0] == 1 else hr.to(torch.float64)
     if c_model == 1 and hr.shape[0] == 3:
@@ -167,7 +165,7 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
         raise UserError(f"trainer.scales={train_scales}: multi-scale training needs a "
                         "pre-upsampling model (srcnn, vdsr, srcnn_rnn); use trainer.scales=[]")
     color = cfg.data.color if cfg.data.color != "auto" else ("y" if channels == 1 else "rgb")
-    train_pairs, _, val_files = data.build(
+    train_pairs, val_files = data.build(
         cfg.data, scales=train_scales, patch_size=t.patch_size, color=color,
         kernel=cfg.degradation.name, quantize=cfg.degradation.quantize,
         upsampled=model.upsampled_input)
