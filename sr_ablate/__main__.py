@@ -1,30 +1,105 @@
 """``python -m sr_ablate [overrides]`` trains one configuration; ``-m`` sweeps over several;
-``sweep=<name>`` runs the study in ``sweeps/<name>.yaml``.
+``sweep=<name>`` runs the study in ``sweeps/<name>.yaml`` (a grid, or an Optuna search).
 
 Before Hydra starts, the overrides are composed and checked, so bad input costs one line
 and no MLflow run. A sweep gets one MLflow parent run that all its jobs sit under; a job
-that fails on bad input (e.g. missing VGG weights) is reported and the others still run.
+that fails is reported in one line and the others still run; a job whose configuration
+already has a FINISHED run (same config hash) is skipped unless ``sweep.force=true``.
+Jobs run one after another, or in parallel with ``hydra/launcher=joblib`` (threads and
+GPUs shared out by ``launch.plan`` / ``launch.claim_device``).
 """
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import traceback
 import uuid
+from pathlib import Path
 
 CWD = os.getcwd()  # before Hydra can change directories: the MLflow store lives here
-FAILED: list[str] = []  # one-line errors of failed jobs (in-process launcher)
+
+
+def _job(cfg, multirun: bool) -> None:
+    """One Hydra job: skip it if already done, else run it on its share of the machine."""
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+
+    from sr_ablate import UserError, launch, tracking
+    from sr_ablate.config import config_hash
+    from sr_ablate.run import run
+    from sr_ablate.train import NonFiniteLoss
+
+    hc = HydraConfig.get()
+    job = " ".join(hc.overrides.task) or "(defaults)"
+    choices = {k: v for k, v in hc.runtime.choices.items()
+               if not k.startswith("hydra") and k not in ("schema", "study_variant")
+               and v is not None}
+    try:
+        if multirun and not cfg.sweep.force:
+            uri = tracking.store_uri(cfg.tracking.uri, CWD)
+            done = tracking.finished_run(uri, cfg.tracking.experiment, config_hash(cfg))
+            if done:
+                print(f"skip {job}: FINISHED run {done} has the same config hash "
+                      "(sweep.force=true runs it again)", file=sys.stderr)
+                launch.record("skipped", job, done)
+                return
+        if os.environ.get(launch.THREADS_ENV):
+            torch.set_num_threads(int(os.environ[launch.THREADS_ENV]))
+        pool, n_gpus = os.environ.get(launch.DEVICE_POOL_ENV), torch.cuda.device_count()
+        if pool and n_gpus > 1 and cfg.trainer.device in ("auto", "cuda"):
+            with launch.claim_device(pool, n_gpus, start=hc.job.num) as i:
+                cfg.trainer.device = f"cuda:{i}"
+                run(cfg, cwd=CWD, overrides=list(hc.overrides.task), choices=choices)
+        else:
+            run(cfg, cwd=CWD, overrides=list(hc.overrides.task), choices=choices)
+        launch.record("ran", job)
+    except (UserError, NonFiniteLoss) as e:
+        message = str(e) if isinstance(e, UserError) else (
+            f"{e}; the run ended FAILED - lower optim.lr or set trainer.grad_clip")
+        print(f"error: {job}: {message}" if multirun else f"error: {message}", file=sys.stderr)
+        launch.record("failed", job, message)
+        if not multirun:
+            sys.exit(2 if isinstance(e, UserError) else 1)
+    except Exception as e:
+        if not multirun:
+            raise
+        traceback.print_exc()
+        launch.record("failed", job, f"{type(e).__name__}: {e}")
+
+
+def _parallel(argv: list[str]) -> list[str]:
+    """For ``hydra/launcher=joblib``: pick n_jobs (unless given) and threads per job, and
+    hand GPUs out one per job when there are several."""
+    import torch
+
+    from sr_ablate import launch
+
+    if "hydra/launcher=joblib" not in argv:
+        return argv
+    given = [a for a in argv if a.startswith("hydra.launcher.n_jobs=")]
+    requested = int(given[-1].split("=", 1)[1]) if given else None
+    n_gpus = torch.cuda.device_count()
+    parallel, threads = launch.plan(launch.sweep_size(argv), requested, launch.cores(), n_gpus)
+    os.environ[launch.THREADS_ENV] = str(threads)
+    if n_gpus > 1:
+        os.environ[launch.DEVICE_POOL_ENV] = str(Path(os.environ[launch.OUTCOMES_ENV]) / "gpus")
+    print(f"sr_ablate: {parallel} job(s) at a time, {threads} thread(s) each", file=sys.stderr)
+    return argv if given else [*argv, f"hydra.launcher.n_jobs={parallel}"]
 
 
 def main() -> int:
     import hydra
-    from hydra.core.hydra_config import HydraConfig
 
-    from sr_ablate import UserError, preflight, sweep
+    from sr_ablate import UserError, launch, preflight, sweep
 
     argv = sys.argv[1:]
     tmp = None
     try:
         argv, spec, tmp = sweep.expand(argv)
+        if spec and spec.get("optuna"):
+            from sr_ablate import search
+            return search.main(spec, argv, CWD)
         if spec:
             extra = [a for a in sys.argv[1:]
                      if not a.startswith("sweep=") and a not in ("-m", "--multirun")]
@@ -32,31 +107,13 @@ def main() -> int:
             for check_argv in sweep.checks(spec, extra):  # every variant composes and checks
                 checked = preflight.validate(check_argv)
                 cfg = cfg or checked
-            sys.argv = [sys.argv[0], *argv]
         else:
             cfg = preflight.validate(argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     multirun = any(a in ("-m", "--multirun") for a in argv)
-
-    @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-    def task(cfg):
-        from sr_ablate.run import run
-        try:
-            hc = HydraConfig.get()
-            choices = {k: v for k, v in hc.runtime.choices.items()
-                       if not k.startswith("hydra") and k not in ("schema", "study_variant")
-                       and v is not None}
-            return run(cfg, cwd=CWD, overrides=list(hc.overrides.task), choices=choices)
-        except UserError as e:
-            if str(e) not in FAILED:
-                print(f"error: {e}", file=sys.stderr)
-            FAILED.append(str(e))
-            if not multirun:
-                sys.exit(2)
-
-    parent = None
+    parent = outcomes = None
     if multirun and cfg is not None:
         from sr_ablate import tracking
         uri = tracking.store_uri(cfg.tracking.uri, CWD)
@@ -64,22 +121,33 @@ def main() -> int:
         # Create the store and the experiment here, once, before any parallel job starts.
         parent = tracking.start_parent(uri, cfg.tracking.experiment, uuid.uuid4().hex[:12],
                                        definition)
-    ok = False
+        outcomes = Path(CWD) / ".sr_ablate" / os.environ[tracking.SWEEP_ENV]
+        outcomes.mkdir(parents=True)
+        os.environ[launch.OUTCOMES_ENV] = str(outcomes)
+        argv = _parallel(argv)
+    sys.argv = [sys.argv[0], *argv]
+
+    @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+    def task(cfg):
+        _job(cfg, multirun)
+
+    code = 0
     try:
         task()
-        ok = not FAILED
     except SystemExit as e:
-        return e.code if isinstance(e.code, int) else 1
+        code = e.code if isinstance(e.code, int) else 1
     finally:
+        results = launch.outcomes(outcomes) if outcomes else []
+        failed = [r for r in results if r["outcome"] == "failed"]
         if parent:
-            tracking.end_parent(uri, parent, ok)
+            tracking.end_parent(uri, parent, ok=code == 0 and not failed)
+            print(launch.summary(results, len(results)), file=sys.stderr)
+            shutil.rmtree(outcomes, ignore_errors=True)
+            if not any(outcomes.parent.iterdir()):
+                outcomes.parent.rmdir()
         if tmp is not None:
             tmp.cleanup()
-    if FAILED:
-        print(f"sr_ablate: {len(FAILED)} job(s) failed (see the error line above); "
-              "the other jobs ran", file=sys.stderr)
-        return 2
-    return 0
+    return code or (2 if failed else 0)
 
 
 if __name__ == "__main__":

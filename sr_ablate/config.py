@@ -6,7 +6,9 @@ arguments, so the model's signature *is* its schema.
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -58,6 +60,15 @@ class TrackingConf:
 
 
 @dataclass
+class SweepConf:
+    # how a sweep is launched; not part of a run's configuration (left out of its hash)
+    force: bool = False            # grid: run again configurations that already FINISHED
+    trials: Optional[int] = None   # optuna: finished trials wanted (default: the sweep file's)
+    storage: Optional[str] = None  # optuna: RDB URL (default: sqlite:///<cwd>/optuna.db)
+    workers: int = 1               # optuna: worker processes to start on this machine
+
+
+@dataclass
 class EvalConf:
     protocol: str = "modern"       # modern | classic
     color: str = "y"               # y | rgb
@@ -82,6 +93,7 @@ class RootConf:
     trainer: TrainerConf = field(default_factory=TrainerConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     eval: EvalConf = field(default_factory=EvalConf)
+    sweep: SweepConf = field(default_factory=SweepConf)
     seed: int = 0
     scale: Union[int, float] = 2
     study: Optional[str] = None    # set by sweep files: the study a run belongs to
@@ -95,7 +107,7 @@ CHOICES = {"data.name": ("builtin", "folder"), "data.color": ("auto", "rgb", "y"
            "degradation.name": KERNELS, "eval.protocol": ("modern", "classic"),
            "eval.color": ("y", "rgb"), "eval.kernel": KERNELS, "eval.format": ("table", "json")}
 POSITIVE = ("scale", "trainer.steps", "trainer.batch_size", "trainer.patch_size",
-            "trainer.log_every")
+            "trainer.log_every", "sweep.workers")
 
 
 def _target(node: DictConfig):
@@ -193,3 +205,16 @@ def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+# Settings that say where or how a run is launched and shown, not what it computes.
+NOT_HASHED = ("tracking.", "sweep.", "trainer.progress", "trainer.device", "eval.format",
+              "eval.data")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A 16-hex-digit hash of the resolved configuration: equal hashes mean the same run
+    (same model, data, budget, seed, evaluation), wherever and however it was launched."""
+    flat = {k: v for k, v in flatten(cfg).items() if not k.startswith(NOT_HASHED)}
+    text = json.dumps(flat, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -28,6 +28,23 @@ def compose(overrides: list[str]) -> DictConfig:
         return hydra_compose("config", overrides=overrides)
 
 
+def compose_job(overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
+    """A job's config as Hydra would hand it over (no ``hydra`` node), and its config group
+    choices (``{"model": "srresnet", ...}``), for jobs run outside ``@hydra.main``."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    choices = {k: v for k, v in cfg.hydra.runtime.choices.items()
+               if not k.startswith("hydra") and k != "schema" and v is not None}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, choices
+
+
 def _explain(error: Exception, override: str, choices: list[str]) -> str:
     """One line for a composition error, naming the key and the fix."""
     from hydra.errors import MissingConfigException

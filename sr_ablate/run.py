@@ -11,13 +11,14 @@ import os
 import random
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sr_ablate import UserError, complexity, data, tracking
-from sr_ablate.config import check, flatten
+from sr_ablate.config import check, config_hash, flatten
 from sr_ablate.degrade import crop_multiple
 from sr_ablate.evaluate import (Evaluator, Protocol, files_sha256, fingerprint, model_channels,
                                 quantize)
@@ -148,11 +149,15 @@ def complexity_metrics(model, cfg: DictConfig, device) -> tuple[dict[str, float]
 
 
 def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None = None,
-        choices: dict[str, str] | None = None) -> dict:
+        choices: dict[str, str] | None = None, tags: dict[str, str] | None = None,
+        on_start: Callable[[str], None] | None = None,
+        on_eval: Callable[[int, dict], None] | None = None) -> dict:
     """Train and evaluate one configuration, logging to MLflow; returns the final metrics.
 
     ``overrides`` (as typed, e.g. ``model.blocks=8``) and ``choices`` (config group options,
     e.g. ``{"loss": "l2"}``) are recorded too; the latter as params named after the group.
+    ``tags`` are added to the run's; ``on_start(run_id)`` is called once the MLflow run is
+    open, ``on_eval(step, metrics)`` after every evaluation (it may raise ``Stopped``).
     """
     check(cfg)
     seed_everything(cfg.seed)
@@ -183,11 +188,13 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
     uri = tracking.store_uri(cfg.tracking.uri, cwd)
     params = {**(choices or {}), **flatten(cfg)}
     tags = {**eval_tags, **getattr(loss_fn, "tags", {}), "overrides": " ".join(overrides or []),
-            "device": str(device)}
+            "device": str(device), "sr_ablate.config_hash": config_hash(cfg), **(tags or {})}
     if cfg.study:
         tags["sr_ablate.study"] = cfg.study
     name = " ".join(overrides) if overrides else None
     with tracking.run(uri, cfg.tracking.experiment, params=params, tags=tags, name=name) as log:
+        if on_start is not None:
+            on_start(log.run_id)
         cost, cost_tags = complexity_metrics(model, cfg, device)
         log.set_tags(cost_tags)
         log.log_metrics(0, cost)
@@ -195,6 +202,6 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
                      eval_fn=evaluate_all(evaluators), log_fn=log.log_metrics,
                      eval_every=t.eval_every, log_every=t.log_every, grad_clip=t.grad_clip,
                      clip_mode=t.clip_mode, scheduler=scheduler, device=device,
-                     progress=t.progress)
+                     progress=t.progress, on_eval=on_eval)
         log_outputs(log, cfg, model, evaluators, t.steps)
     return {**result, **cost}

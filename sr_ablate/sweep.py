@@ -7,7 +7,8 @@ A sweep file names its ``study`` and holds any of:
   ``grid``: {key: [values]} swept as every combination (Hydra's ``key=a,b,c``);
   ``variants``: {name: [overrides]}: a list of one-off variants (an ablation), run as a
   generated config group ``study_variant`` (one ``# @package _global_`` file per variant);
-  ``baseline``: the variant the others are compared with (for reports).
+  ``baseline``: the variant the others are compared with (for reports);
+  ``optuna``: instead of a grid, an Optuna search (see ``sr_ablate.search``).
 Every run gets ``study=<study>`` (a param) and goes to the MLflow experiment of that name.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sr_ablate import UserError
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-KEYS = {"study", "description", "overrides", "grid", "variants", "baseline"}
+KEYS = {"study", "description", "overrides", "grid", "variants", "baseline", "optuna"}
 
 
 def load(name: str) -> dict:
@@ -37,8 +38,8 @@ def load(name: str) -> dict:
                         f"holds {', '.join(sorted(KEYS))}")
     if not spec.get("study"):
         raise UserError(f"{path}: missing 'study: <name>'")
-    if not spec.get("grid") and not spec.get("variants"):
-        raise UserError(f"{path}: give 'grid' or 'variants' (or both)")
+    if not spec.get("grid") and not spec.get("variants") and not spec.get("optuna"):
+        raise UserError(f"{path}: give 'grid' or 'variants' (or both), or 'optuna'")
     if spec.get("baseline") and spec["baseline"] not in (spec.get("variants") or {}):
         raise UserError(f"{path}: baseline {spec['baseline']!r} is not one of the variants")
     spec["path"] = str(path)
@@ -102,5 +103,7 @@ def expand(argv: list[str]) -> tuple[list[str], dict | None, tempfile.TemporaryD
         return argv, None, None
     spec = load(named[0].split("=", 1)[1])
     extra = [a for a in argv if not a.startswith("sweep=") and a not in ("-m", "--multirun")]
+    if spec.get("optuna"):  # not a Hydra sweep: sr_ablate.search drives it
+        return extra, spec, None
     tmp = tempfile.TemporaryDirectory(prefix="sr_ablate_sweep_")
     return to_argv(spec, extra, Path(tmp.name)), spec, tmp

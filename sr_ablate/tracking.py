@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -17,6 +18,8 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from sr_ablate import Stopped
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter about table creation
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -111,6 +114,10 @@ def run(uri: str, experiment: str, *, params: dict, tags: dict, name: str | None
         for i in range(0, len(items), 100):  # log_batch takes at most 100 params
             client.log_batch(run_id, params=items[i:i + 100])
         yield RunLog(client, run_id)
+    except Stopped as e:  # on purpose (pruned): not a failure, not finished either
+        client.set_tag(run_id, "sr_ablate.stopped", str(e))
+        client.set_terminated(run_id, "KILLED")
+        raise
     except KeyboardInterrupt:
         client.set_terminated(run_id, "KILLED")
         raise
@@ -132,15 +139,70 @@ def start_parent(uri: str, experiment: str, sweep_id: str, definition: str) -> s
     return r.info.run_id
 
 
-def end_parent(uri: str, run_id: str, ok: bool) -> None:
-    """Close a sweep's parent run: FINISHED when every child finished, else FAILED."""
+def end_parent(uri: str, run_id: str, ok: bool, status: str | None = None) -> None:
+    """Close a sweep's parent run: ``status`` if given, else FINISHED when every child
+    finished (or was stopped on purpose, e.g. pruned), else FAILED."""
     client = MlflowClient(uri)
-    children = client.search_runs([client.get_run(run_id).info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
-    ok = ok and all(c.info.status == "FINISHED" for c in children)
-    client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    if status is None:
+        children = client.search_runs([client.get_run(run_id).info.experiment_id],
+                                      filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+        ok = ok and all(c.info.status == "FINISHED" or "sr_ablate.stopped" in c.data.tags
+                        for c in children)
+        status = "FINISHED" if ok else "FAILED"
+    client.set_terminated(run_id, status)
     os.environ.pop(PARENT_ENV, None)
     os.environ.pop(SWEEP_ENV, None)
+
+
+def find_parent(uri: str, experiment: str, tags: dict[str, str], definition: str) -> str:
+    """The parent run carrying ``tags`` (e.g. an Optuna study and its storage), made RUNNING
+    again; created if there is none. Several workers starting at once agree on the oldest.
+    Its id is exported for the child runs, as ``start_parent`` does."""
+    client = MlflowClient(uri)
+    exp = experiment_id(uri, experiment)
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+
+    def existing():
+        return client.search_runs([exp], filter_string=query, order_by=["attributes.start_time"])
+    runs = existing()
+    if not runs:
+        sweep_id = uuid.uuid4().hex[:12]
+        client.create_run(exp, run_name=f"sweep-{tags.get('optuna.study', sweep_id)}",
+                          tags={**tags, "sr_ablate.sweep_id": sweep_id, "sr_ablate.role": "sweep",
+                                "sr_ablate.sweep": definition})
+        runs = existing()
+        for r in runs[1:]:  # lost a race with another worker: keep only the oldest
+            if r.data.tags.get("sr_ablate.sweep_id") == sweep_id:
+                client.delete_run(r.info.run_id)
+    parent = runs[0]
+    if parent.info.status != "RUNNING":
+        client.update_run(parent.info.run_id, status="RUNNING")
+    os.environ[PARENT_ENV] = parent.info.run_id
+    os.environ[SWEEP_ENV] = parent.data.tags["sr_ablate.sweep_id"]
+    return parent.info.run_id
+
+
+def finished_run(uri: str, experiment: str, config_hash: str) -> str | None:
+    """Id of a FINISHED run of ``experiment`` whose config hash is ``config_hash``, if any."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], max_results=1, filter_string=(
+        f"tags.`sr_ablate.config_hash` = '{config_hash}' and attributes.status = 'FINISHED'"))
+    return runs[0].info.run_id if runs else None
+
+
+def annotate(uri: str, run_id: str, tags: dict | None = None, metrics: dict | None = None,
+             artifacts: list[str | Path] = ()) -> None:
+    """Add tags, metrics (step 0) and artifact files to an existing run (open or ended)."""
+    log = RunLog(MlflowClient(uri), run_id)
+    if tags:
+        log.set_tags(tags)
+    if metrics:
+        log.log_metrics(0, metrics)
+    for path in artifacts:
+        log.log_artifact(path)
 
 
 def runs_frame(uri: str, experiment: str | None = None):

@@ -36,14 +36,16 @@ def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.
         steps: int, loss_fn: Callable, eval_fn: EvalFn | None = None, log_fn: LogFn | None = None,
         eval_every: int = 0, log_every: int = 10, grad_clip: float | None = None,
         clip_mode: str = "norm", scheduler=None, device: str | torch.device = "cpu",
-        progress: bool = True) -> dict[str, float]:
+        progress: bool = True, on_eval: LogFn | None = None) -> dict[str, float]:
     """Train ``model`` for ``steps`` optimiser steps on ``batches`` ({"lq", "gt"} in [0, 1]).
 
     ``scheduler`` (a torch LR scheduler, or None) is stepped after every optimiser step;
     gradients are clipped by ``clip_gradients(grad_clip, clip_mode)``.
 
     ``log_fn(step, metrics)`` receives ``train/loss`` (mean over the last ``log_every`` steps)
-    and, every ``eval_every`` steps and at the end, the output of ``eval_fn(model)``.
+    and, every ``eval_every`` steps and at the end, the output of ``eval_fn(model)``;
+    ``on_eval(step, metrics)`` then sees the same metrics and may stop training by raising
+    (e.g. ``sr_ablate.Stopped`` when a trial is pruned).
     The loss is read back from the device only when logging (no per-step host sync).
     Returns the last logged value of every metric.
     """
@@ -53,37 +55,40 @@ def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.
     running = torch.zeros((), device=device)
     since = 0
     bar = tqdm(total=steps, disable=not progress, dynamic_ncols=True, unit="it", leave=True)
-    t0 = time.perf_counter()
-    for step in range(1, steps + 1):
-        batch = next(batches)
-        lq, gt = batch["lq"].to(device, non_blocking=True), batch["gt"].to(device, non_blocking=True)
-        loss = loss_fn(model(lq), gt)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_gradients(model.parameters(), optimizer, grad_clip, clip_mode)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        running += loss.detach()
-        since += 1
-        bar.update(1)
-        do_eval = eval_fn is not None and ((eval_every and step % eval_every == 0) or step == steps)
-        if do_eval or step % log_every == 0 or step == steps:
-            value = (running / since).item()
-            if not math.isfinite(value):
-                bar.close()
-                raise NonFiniteLoss(f"training loss is {value} at step {step}")
-            metrics = {"train/loss": value, "train/lr": optimizer.param_groups[0]["lr"]}
-            running.zero_()
-            since = 0
-            if do_eval:
-                metrics.update(eval_fn(model))
-            metrics["train/it_per_s"] = step / (time.perf_counter() - t0)
-            log_fn(step, metrics)
-            last.update(metrics)
-            post = {"loss": f"{value:.4g}"}
-            if "val/psnr" in last:
-                post["val_psnr"] = f"{last['val/psnr']:.2f}"
-            bar.set_postfix(post, refresh=False)
-    bar.close()
+    with bar:  # closed however training ends (finished, stopped, non-finite loss)
+        t0 = time.perf_counter()
+        for step in range(1, steps + 1):
+            batch = next(batches)
+            lq = batch["lq"].to(device, non_blocking=True)
+            gt = batch["gt"].to(device, non_blocking=True)
+            loss = loss_fn(model(lq), gt)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_gradients(model.parameters(), optimizer, grad_clip, clip_mode)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            running += loss.detach()
+            since += 1
+            bar.update(1)
+            do_eval = eval_fn is not None and (
+                (eval_every and step % eval_every == 0) or step == steps)
+            if do_eval or step % log_every == 0 or step == steps:
+                value = (running / since).item()
+                if not math.isfinite(value):
+                    raise NonFiniteLoss(f"training loss is {value} at step {step}")
+                metrics = {"train/loss": value, "train/lr": optimizer.param_groups[0]["lr"]}
+                running.zero_()
+                since = 0
+                if do_eval:
+                    metrics.update(eval_fn(model))
+                metrics["train/it_per_s"] = step / (time.perf_counter() - t0)
+                log_fn(step, metrics)
+                last.update(metrics)
+                post = {"loss": f"{value:.4g}"}
+                if "val/psnr" in last:
+                    post["val_psnr"] = f"{last['val/psnr']:.2f}"
+                bar.set_postfix(post, refresh=False)
+                if do_eval and on_eval is not None:
+                    on_eval(step, metrics)
     return last
