@@ -57,7 +57,8 @@ def _job(cfg, multirun: bool) -> None:
     except (UserError, NonFiniteLoss) as e:
         message = str(e) if isinstance(e, UserError) else (
             f"{e}; the run ended FAILED - lower optim.lr or set trainer.grad_clip")
-        print(f"error: {job}: {message}" if multirun else f"error: {message}", file=sys.stderr)
+        # in a sweep the launching process prints each distinct error once, at the end
+        print(f"job failed: {job}" if multirun else f"error: {message}", file=sys.stderr)
         launch.record("failed", job, message)
         if not multirun:
             sys.exit(2 if isinstance(e, UserError) else 1)
@@ -65,6 +66,7 @@ def _job(cfg, multirun: bool) -> None:
         if not multirun:
             raise
         traceback.print_exc()
+        print(f"job failed: {job}", file=sys.stderr)
         launch.record("failed", job, f"{type(e).__name__}: {e}")
 
 
@@ -141,6 +143,8 @@ def main() -> int:
         failed = [r for r in results if r["outcome"] == "failed"]
         if parent:
             tracking.end_parent(uri, parent, ok=code == 0 and not failed)
+            for message in dict.fromkeys(r["message"] for r in failed):
+                print(f"error: {message}", file=sys.stderr)
             print(launch.summary(results, len(results)), file=sys.stderr)
             shutil.rmtree(outcomes, ignore_errors=True)
             if not any(outcomes.parent.iterdir()):

@@ -192,16 +192,17 @@ def check(cfg: DictConfig, targets: tuple[str, ...] = TARGETS) -> None:
         raise UserError("data=folder needs data.root; pass data.root=<folder of HR images>")
 
 
-def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
-    """Resolved config as {"model.blocks": 16, ...}; keys starting with '_' are left out."""
+def flatten(cfg: DictConfig | dict, prefix: str = "", private: bool = False) -> dict[str, Any]:
+    """Resolved config as {"model.blocks": 16, ...}; keys starting with '_' (``_target_``)
+    are left out unless ``private``."""
     node = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     out: dict[str, Any] = {}
     for k, v in node.items():
-        if str(k).startswith("_"):
+        if str(k).startswith("_") and not private:
             continue
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
+            out.update(flatten(v, key + ".", private))
         else:
             out[key] = v
     return out
@@ -215,6 +216,7 @@ NOT_HASHED = ("tracking.", "sweep.", "trainer.progress", "trainer.device", "eval
 def config_hash(cfg: DictConfig) -> str:
     """A 16-hex-digit hash of the resolved configuration: equal hashes mean the same run
     (same model, data, budget, seed, evaluation), wherever and however it was launched."""
-    flat = {k: v for k, v in flatten(cfg).items() if not k.startswith(NOT_HASHED)}
+    flat = {k: v for k, v in flatten(cfg, private=True).items()  # _target_ names the class
+            if not k.startswith(NOT_HASHED)}
     text = json.dumps(flat, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

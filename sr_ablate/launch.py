@@ -112,5 +112,5 @@ def summary(results: list[dict], total: int) -> str:
         parts.append(f"{count['skipped']} skipped (a FINISHED run with the same config hash "
                      "exists; sweep.force=true runs them again)")
     if count["failed"]:
-        parts.append(f"{count['failed']} failed (see the error lines above)")
+        parts.append(f"{count['failed']} failed (the error line(s) above say why)")
     return f"sr_ablate: {total} job(s): " + ", ".join(parts)

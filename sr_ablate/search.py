@@ -114,9 +114,9 @@ def sampler_for(opt: dict, trial_number: int):
                  **({} if seed is None else {"seed": seed + trial_number}))
 
 
-def storage(url: str, heartbeat: int):
+def storage(url: str, heartbeat: int, on_stale=None):
     """An Optuna RDB storage with heartbeats: a dead worker's trial is failed after two
-    missed beats and queued again with the same parameters."""
+    missed beats, queued again with the same parameters, and ``on_stale(trial)`` called."""
     import optuna
     import sqlalchemy
 
@@ -125,7 +125,12 @@ def storage(url: str, heartbeat: int):
     except sqlalchemy.exc.ArgumentError:
         raise UserError(f"sweep.storage={url!r} is not a database URL; use e.g. "
                         "sqlite:///optuna.db or postgresql://user:password@host/db") from None
-    retry = optuna.storages.RetryFailedTrialCallback(max_retry=3)
+    retry_cb = optuna.storages.RetryFailedTrialCallback(max_retry=3)
+
+    def retry(study, trial):
+        retry_cb(study, trial)
+        if on_stale is not None:
+            on_stale(trial)
     import inspect
     key = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in
            inspect.signature(optuna.storages.RDBStorage).parameters else "failed_trial_callback")
@@ -231,7 +236,7 @@ class Worker:
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print one line per trial
         study = optuna.create_study(
-            study_name=self.name, storage=storage(self.url, self.opt["heartbeat"]),
+            study_name=self.name, storage=storage(self.url, self.opt["heartbeat"], self.stale),
             load_if_exists=True, directions=list(self.opt["objectives"].values()),
             sampler=sampler_for(self.opt, 0), pruner=_make("pruner", self.opt.get("pruner"),
                                                            PRUNERS))
@@ -247,6 +252,14 @@ class Worker:
                                       "sr_ablate.role": "sweep"}, text)
         study.set_user_attr("mlflow_parent_run_id", parent)
         return study, parent
+
+    def stale(self, trial) -> None:
+        """A dead worker's trial: its MLflow run(s) end KILLED instead of staying RUNNING."""
+        from sr_ablate import tracking
+        for run_id in trial.user_attrs.get("mlflow_run_ids", []):
+            tracking.end_if_running(self.uri, run_id, "KILLED")
+        print(f"trial {trial.number}: its worker stopped answering; queued again",
+              file=sys.stderr)
 
     def work(self, study, parent) -> int:
         import warnings

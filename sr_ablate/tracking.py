@@ -193,6 +193,13 @@ def finished_run(uri: str, experiment: str, config_hash: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def end_if_running(uri: str, run_id: str, status: str) -> None:
+    """End a run left RUNNING by a process that died (e.g. SIGKILL) with ``status``."""
+    client = MlflowClient(uri)
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, status)
+
+
 def annotate(uri: str, run_id: str, tags: dict | None = None, metrics: dict | None = None,
              artifacts: list[str | Path] = ()) -> None:
     """Add tags, metrics (step 0) and artifact files to an existing run (open or ended)."""
