@@ -120,11 +120,6 @@ def storage(url: str, heartbeat: int, on_stale=None):
     import optuna
     import sqlalchemy
 
-    try:
-        sqlalchemy.engine.make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        raise UserError(f"sweep.storage={url!r} is not a database URL; use e.g. "
-                        "sqlite:///optuna.db or postgresql://user:password@host/db") from None
     retry_cb = optuna.storages.RetryFailedTrialCallback(max_retry=3)
 
     def retry(study, trial):
@@ -147,8 +142,13 @@ def storage(url: str, heartbeat: int, on_stale=None):
 
 
 def redact(url: str) -> str:
+    """The URL without its password (for logs and MLflow tags); UserError if not a URL."""
     import sqlalchemy
-    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        raise UserError(f"sweep.storage={url!r} is not a database URL; use e.g. "
+                        "sqlite:///optuna.db or postgresql://user:password@host/db") from None
 
 
 def space_overrides(params: dict) -> list[list[str]]:
@@ -196,7 +196,7 @@ def main(spec: dict, extra: list[str], cwd: str) -> int:
     cfg = preflight.validate(base)
     for more in space_overrides(opt["params"]):  # both ends of every range, every choice
         preflight.validate(base + more)
-    trials = cfg.sweep.trials or opt.get("trials")
+    trials = opt.get("trials") if cfg.sweep.trials is None else cfg.sweep.trials
     if not isinstance(trials, int) or trials < 1:
         raise UserError(f"{spec['path']}: optuna.trials (or sweep.trials=N) must be a "
                         "positive number of trials")

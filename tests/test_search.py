@@ -1,0 +1,206 @@
+"""Optuna sweeps through the real command line: a real Optuna storage (sqlite), real runs
+in a real MLflow store. Pruning stops trials early, failures are counted, two worker
+processes share a study, and a killed sweep resumes to the requested number of trials."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY, cli
+from sr_ablate import UserError
+from sr_ablate.search import check_spec
+
+BASE = {"study": "opt", "overrides": TINY,
+        "optuna": {"trials": 2, "objectives": {"val/psnr": "maximize"},
+                   "params": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2,
+                                           "log": True}},
+                   "sampler": {"name": "random", "seed": 0}, "heartbeat": 1}}
+
+
+def sweep_file(tmp_path, **optuna_changes) -> str:
+    spec = yaml.safe_load(yaml.safe_dump(BASE))
+    spec["optuna"].update(optuna_changes)
+    path = tmp_path / "opt.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return f"sweep={path}"
+
+
+def load(tmp_path):
+    return optuna.load_study(study_name="opt", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
+def mlflow_runs(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("opt")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("sr_ablate.role") == "sweep"]
+    return client, [r for r in runs if r not in parents], parents
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"trails": 3}, "unknown key(s) trails"),
+    ({"objectives": {"val/psnr": "up"}}, "give one or two logged metrics"),
+    ({"objectives": {"val/pnsr": "maximize"}}, "'val/pnsr' is not a metric runs log"),
+    ({"params": {"seed": {"type": "int", "low": 0, "high": 9}}}, "do not search over the seed"),
+    ({"params": {"optim.lr": {"type": "float", "low": 1e-4}}}, "give {type: float|int"),
+    ({"objectives": {"val/psnr": "maximize", "model/ms_per_frame": "minimize"},
+      "pruner": {"name": "median"}}, "cannot prune a two-objective study"),
+])
+def test_sweep_file_mistakes_are_named(change, message):
+    spec = yaml.safe_load(yaml.safe_dump(BASE))
+    spec["optuna"].update(change)
+    with pytest.raises(UserError, match=None) as e:
+        check_spec({**spec, "path": "opt.yaml"})
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["sweep.storage=not a url"], "is not a database URL"),
+    (["sweep.trials=0"], "must be a positive number of trials"),
+    ([], "optuna.sampler: unknown name 'tpee'"),
+    (["model.blocks=0"], "model.blocks=0 must be at least 1"),
+])
+def test_bad_optuna_sweep_is_one_line_and_no_run(tmp_path, extra, message):
+    changes = {"sampler": {"name": "tpee"}} if not extra else {}
+    out = cli([sweep_file(tmp_path, **changes), *extra], tmp_path, timeout=120)
+    assert out.returncode == 2
+    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_pruned_trials_stop_early_and_are_marked(tmp_path):
+    # a threshold no PSNR reaches: every trial is pruned at its first evaluation (step 2 of 4)
+    out = cli([sweep_file(tmp_path, pruner={"name": "threshold", "lower": 1000.0})], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = load(tmp_path)
+    assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
+    assert all(list(t.intermediate_values) == [2] for t in study.trials)
+    client, runs, parents = mlflow_runs(tmp_path)
+    assert len(runs) == 2
+    for r in runs:
+        assert r.info.status == "KILLED"
+        assert r.data.tags["optuna.state"] == "PRUNED"
+        assert r.data.tags["sr_ablate.stopped"].startswith("pruned at step 2")
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "train/loss")]
+        assert steps == [2]  # the full budget logs steps 2 and 4
+    assert parents[0].info.status == "FINISHED"
+
+
+def test_trial_and_run_point_at_each_other_and_parent_holds_the_best(tmp_path):
+    out = cli([sweep_file(tmp_path)], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "optuna study opt: 2 complete" in out.stderr
+    study = load(tmp_path)
+    client, runs, parents = mlflow_runs(tmp_path)
+    (parent,) = parents
+    by_id = {r.info.run_id: r for r in runs}
+    for t in study.trials:
+        (run_id,) = t.user_attrs["mlflow_run_ids"]
+        r = by_id[run_id]
+        assert r.data.tags["optuna.trial_number"] == str(t.number)
+        assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert float(r.data.params["optim.lr"]) == pytest.approx(t.params["optim.lr"])
+        assert r.data.metrics["val/psnr"] == pytest.approx(t.value)
+    best = study.best_trial
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["optuna.best_trials"] == str(best.number)
+    assert parent.data.tags["optuna.best_run_ids"] == best.user_attrs["mlflow_run_ids"][0]
+    assert parent.data.metrics["best/val/psnr"] == pytest.approx(best.value)
+    assert parent.data.tags["optuna.study"] == "opt"
+    assert "optuna.db" in parent.data.tags["optuna.storage"]
+    assert "objectives" in parent.data.tags["sr_ablate.sweep"]
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    # asking for more trials resumes the same study under the same parent run
+    more = cli([sweep_file(tmp_path), "sweep.trials=3"], tmp_path)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert len(load(tmp_path).trials) == 3
+    _, runs, parents = mlflow_runs(tmp_path)
+    assert len(runs) == 3 and len(parents) == 1
+
+
+def test_failed_trials_are_counted_until_the_failure_rate(tmp_path):
+    # lr=1e30 diverges (NaN loss) at the first log: every trial fails, the sweep stops
+    path = sweep_file(tmp_path, trials=4, max_failure_rate=0.5,
+                      params={"optim.lr": {"type": "categorical", "choices": [1.0e30]}})
+    out = cli([path], tmp_path)
+    assert out.returncode == 1
+    assert "3 of 3 trials failed (more than optuna.max_failure_rate=0.5)" in out.stderr
+    study = load(tmp_path)
+    assert [t.state.name for t in study.trials] == ["FAIL"] * 3
+    assert all("NonFiniteLoss" in t.user_attrs["sr_ablate.error"] for t in study.trials)
+    _, runs, parents = mlflow_runs(tmp_path)
+    assert [r.info.status for r in runs] == ["FAILED"] * 3
+    assert parents[0].info.status == "FAILED"
+
+
+def test_resuming_another_definition_is_refused(tmp_path):
+    assert cli([sweep_file(tmp_path, trials=1)], tmp_path).returncode == 0
+    out = cli([sweep_file(tmp_path, trials=1), "model.channels=16"], tmp_path)
+    assert out.returncode == 2
+    assert "was started with another definition" in out.stderr
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study(tmp_path):
+    out = cli([sweep_file(tmp_path, trials=4), "trainer.steps=8", "sweep.workers=2"], tmp_path,
+              timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = load(tmp_path)
+    states = [t.state.name for t in study.trials]
+    # each worker checks before asking; two asking at the same instant may add one trial
+    assert states.count("COMPLETE") in (4, 5) and set(states) == {"COMPLETE"}
+    workers = {t.user_attrs["sr_ablate.worker"] for t in study.trials}
+    assert len(workers) == 2, workers
+    _, runs, parents = mlflow_runs(tmp_path)
+    assert len(runs) == len(study.trials) and len(parents) == 1
+    assert parents[0].info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_without_repeating_or_losing_a_trial(tmp_path):
+    args = [sys.executable, "-m", "sr_ablate", sweep_file(tmp_path, trials=3),
+            "trainer.steps=40", "trainer.eval_every=20"]
+    env = {k: v for k, v in __import__("os").environ.items()
+           if not k.startswith(("MLFLOW_", "SR_ABLATE_"))}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill it while trial 1 runs, after trial 0 completed
+        time.sleep(0.5)
+        if not (tmp_path / "optuna.db").exists():
+            continue
+        states = [t.state.name for t in load(tmp_path).trials]
+        if states[:2] == ["COMPLETE", "RUNNING"] and load(tmp_path).trials[1].user_attrs.get(
+                "mlflow_run_ids"):
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = load(tmp_path).trials
+    assert [t.state.name for t in before[:2]] == ["COMPLETE", "RUNNING"]
+    time.sleep(2.5)  # past the grace period of two missed heartbeats
+
+    out = cli(args[3:], tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "trial 1: its worker stopped answering; queued again" in out.stderr
+    trials = load(tmp_path).trials
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 3
+    assert trials[0].state.name == "COMPLETE" and trials[0].datetime_complete == \
+        before[0].datetime_complete  # trial 0 was not run again
+    assert trials[1].state.name == "FAIL"  # the killed one...
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == before[1]._trial_id]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE"  # ...ran again, same params
+    assert retry[0].params == before[1].params
+    client, runs, parents = mlflow_runs(tmp_path)
+    killed = client.get_run(before[1].user_attrs["mlflow_run_ids"][0])
+    assert killed.info.status == "KILLED"  # not left RUNNING by the SIGKILL
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
