@@ -318,6 +318,7 @@ class Worker:
         self.current = trial.number
         overrides = suggest(trial, self.opt["params"])
         trial.set_user_attr("overrides", overrides)
+        trial.set_user_attr("mlflow_run_ids", [])  # a re-queued trial copied its original's
         trial.set_user_attr("sr_ablate.worker", f"{socket.gethostname()}:{os.getpid()}")
         run_ids: list[str] = []
 
