@@ -17,7 +17,10 @@ COST = ["model/params", "model/gflops", "model/ms_per_frame", "model/s_per_30_fr
         "train/loss"]
 SET_METRICS = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
 # Params that differ between runs without being a design choice.
-NOT_FACTORS = {"tracking.uri", "tracking.experiment", "trainer.progress", "trainer.device"}
+NOT_FACTORS = {"tracking.uri", "tracking.experiment", "trainer.progress", "trainer.device",
+               "sweep.force", "sweep.trials", "sweep.storage", "sweep.workers"}
+# Params swept to repeat a configuration, not to compare designs: their runs are pooled.
+REPEATS = ("seed",)
 
 
 def _number(value):
@@ -35,7 +38,8 @@ def factors(runs: pd.DataFrame) -> list[str]:
     meta = {"run_id", "status", "experiment", "start_time"}
     varying = [c for c in runs.columns
                if c not in meta and "/" not in c and not c.startswith("tag:")
-               and c not in NOT_FACTORS and runs[c].astype(str).nunique(dropna=False) > 1]
+               and c not in NOT_FACTORS and c not in REPEATS
+               and runs[c].astype(str).nunique(dropna=False) > 1]
     typed: list[str] = []
     for text in runs.get("tag:overrides", pd.Series(dtype=str)).fillna(""):
         for item in text.split():
@@ -64,9 +68,26 @@ def results_table(runs: pd.DataFrame) -> pd.DataFrame:
         table[k] = done[k].map(_number)
     for m in metric_columns(done):
         table[m] = done[m] if m in done.columns else float("nan")
+    repeats = [r for r in REPEATS if r in done.columns and done[r].nunique() > 1]
+    if repeats:  # one row per design: n runs, repeats listed, metrics averaged
+        table[repeats] = done[repeats].map(_number)
+        table = pool(table, keys, repeats)
     if keys:
         table = table.sort_values(keys, key=lambda s: s.map(lambda v: (isinstance(v, str), v)))
     return table.reset_index(drop=True)
+
+
+def pool(table: pd.DataFrame, keys: list[str], repeats: list[str]) -> pd.DataFrame:
+    """Rows that differ only in ``repeats`` (seeds) become one: ``n``, the run ids and
+    repeat values joined, every metric the mean over the runs."""
+    metrics = [c for c in table.columns if c not in ("run_id", *keys, *repeats)]
+    agg = {"run_id": " ".join, **{r: lambda v: ",".join(map(str, sorted(v))) for r in repeats},
+           **{m: "mean" for m in metrics}}
+    grouped = table.groupby(keys, dropna=False, sort=False) if keys else table.groupby(
+        lambda _: 0)
+    out = grouped.agg(agg).reset_index(drop=not keys)
+    out.insert(len(keys) + 1, "n", grouped.size().to_numpy())
+    return out[["run_id", *keys, "n", *repeats, *metrics]]
 
 
 def to_markdown(table: pd.DataFrame) -> str:
