@@ -133,16 +133,19 @@ def main() -> int:
     def task(cfg):
         _job(cfg, multirun)
 
-    code = 0
+    code, status = 0, None
     try:
         task()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
+    except KeyboardInterrupt:
+        code, status = 130, "KILLED"
+        print("sr_ablate: interrupted", file=sys.stderr)
     finally:
         results = launch.outcomes(outcomes) if outcomes else []
         failed = [r for r in results if r["outcome"] == "failed"]
         if parent:
-            tracking.end_parent(uri, parent, ok=code == 0 and not failed)
+            tracking.end_parent(uri, parent, ok=code == 0 and not failed, status=status)
             for message in dict.fromkeys(r["message"] for r in failed):
                 print(f"error: {message}", file=sys.stderr)
             print(launch.summary(results, len(results)), file=sys.stderr)

@@ -1,9 +1,10 @@
 """Result tables from the runs in MLflow: ``python -m sr_ablate.report [experiment ...]``.
 
-Writes ``reports/<experiment>/results.md`` and ``results.csv``: one row per finished run with
-the swept parameters and the SRResNet study's columns (parameters, GFLOPs, ms per frame, final
-training loss, and per evaluation set PSNR, SSIM, bicubic PSNR, bicubic SSIM). Column names are the MLflow names
-(``model.blocks``, ``val/psnr``), which are also the override keys.
+Writes ``reports/<experiment>/results.md`` and ``results.csv``: one row per finished run
+(per design when seeds were swept: runs differing only in ``seed`` are pooled, ``n`` and means)
+with the swept parameters and the SRResNet study's columns (parameters, GFLOPs, ms per frame,
+final training loss, and per evaluation set PSNR, SSIM, bicubic PSNR, bicubic SSIM). Column
+names are the MLflow names (``model.blocks``, ``val/psnr``), which are also the override keys.
 """
 from __future__ import annotations
 

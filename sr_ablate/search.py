@@ -1,7 +1,8 @@
 """Optuna sweeps: ``python -m sr_ablate sweep=<study>`` for a sweep file with an ``optuna:`` part.
 
 Optuna (>= 4) is driven directly, not through Hydra's sweeper plugin (which pins optuna < 3
-and can neither prune nor resume). Each worker process loops: ask the study for a trial,
+and can neither prune nor resume). This module checks the sweep file and builds Optuna's
+parts; each worker process (``sr_ablate.search_worker``) loops: ask the study for a trial,
 compose the trial's config with Hydra's compose API, ``run`` it in-process (an MLflow child
 run), report every evaluation to the pruner, tell the result. The study lives in an RDB
 storage (default ``sqlite:///<cwd>/optuna.db``; ``postgresql://...`` for many machines), so:
@@ -17,18 +18,15 @@ end, the best trial(s); trial number and MLflow run id are stored on each other.
 """
 from __future__ import annotations
 
+import inspect
 import json
-import math
 import os
 import re
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-from sr_ablate import Stopped, UserError
+from sr_ablate import UserError
 
 OPTUNA_KEYS = {"trials", "objectives", "params", "sampler", "pruner", "storage", "seeds",
                "max_failure_rate", "heartbeat"}
@@ -126,7 +124,8 @@ def storage(url: str, heartbeat: int, on_stale=None):
         retry_cb(study, trial)
         if on_stale is not None:
             on_stale(trial)
-    import inspect
+
+    # optuna 5 renamed failed_trial_callback
     key = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in
            inspect.signature(optuna.storages.RDBStorage).parameters else "failed_trial_callback")
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
@@ -202,6 +201,8 @@ def main(spec: dict, extra: list[str], cwd: str) -> int:
                         "positive number of trials")
     url = cfg.sweep.storage or opt.get("storage") or \
         f"sqlite:///{Path(cwd).resolve() / 'optuna.db'}"
+    from sr_ablate.search_worker import Worker
+
     worker = Worker(spec, opt, base, extra, cfg, url, trials, cwd)
     study, parent = worker.open()  # storage, study and MLflow parent exist before workers start
     if cfg.sweep.workers == 1:
@@ -213,201 +214,3 @@ def main(spec: dict, extra: list[str], cwd: str) -> int:
           "thread(s) each", file=sys.stderr)
     procs = [subprocess.Popen(cmd, env=env) for _ in range(cfg.sweep.workers)]
     return max(p.wait() for p in procs)
-
-
-class Worker:
-    """One process working on the study until it holds the requested finished trials."""
-
-    def __init__(self, spec, opt, base, extra, cfg, url, trials, cwd):
-        from sr_ablate import tracking
-
-        self.spec, self.opt, self.base, self.cwd, self.url, self.trials = \
-            spec, opt, base, cwd, url, trials
-        self.name = spec["study"]
-        self.objectives = list(opt["objectives"])
-        self.definition = definition(spec, opt, extra)
-        self.uri = tracking.store_uri(cfg.tracking.uri, cwd)
-        self.tags = {"optuna.study": self.name, "optuna.storage": redact(url)}
-        self.current = None
-
-    def open(self):
-        import optuna
-        from sr_ablate import tracking
-
-        optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print one line per trial
-        study = optuna.create_study(
-            study_name=self.name, storage=storage(self.url, self.opt["heartbeat"], self.stale),
-            load_if_exists=True, directions=list(self.opt["objectives"].values()),
-            sampler=sampler_for(self.opt, 0), pruner=_make("pruner", self.opt.get("pruner"),
-                                                           PRUNERS))
-        have = study.user_attrs.get("sr_ablate.definition")
-        if have is None:
-            study.set_user_attr("sr_ablate.definition", self.definition)
-        elif have != self.definition:
-            raise UserError(f"optuna study {self.name!r} in {redact(self.url)} was started with "
-                            f"another definition ({have}); resume it with the same sweep file "
-                            "and overrides, or use another sweep.storage")
-        text = Path(self.spec["path"]).read_text() + f"\n# study definition: {self.definition}\n"
-        parent = tracking.find_parent(self.uri, self.name, {**self.tags,
-                                      "sr_ablate.role": "sweep"}, text)
-        study.set_user_attr("mlflow_parent_run_id", parent)
-        return study, parent
-
-    def stale(self, trial) -> None:
-        """A dead worker's trial: its MLflow run(s) end KILLED instead of staying RUNNING."""
-        from sr_ablate import tracking
-        for run_id in trial.user_attrs.get("mlflow_run_ids", []):
-            tracking.end_if_running(self.uri, run_id, "KILLED")
-        print(f"trial {trial.number}: its worker stopped answering; queued again",
-              file=sys.stderr)
-
-    def work(self, study, parent) -> int:
-        import warnings
-
-        import optuna
-        from optuna.trial import TrialState as S
-
-        from sr_ablate import launch, tracking
-
-        if os.environ.get(launch.THREADS_ENV):
-            import torch
-            torch.set_num_threads(int(os.environ[launch.THREADS_ENV]))
-        rate = self.opt["max_failure_rate"]
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        try:
-            while True:
-                optuna.storages.fail_stale_trials(study)  # trials of dead workers: re-queued
-                ts = study.get_trials(deepcopy=False)
-                done = sum(t.state in (S.COMPLETE, S.PRUNED) for t in ts)
-                failed = sum(t.state == S.FAIL and "sr_ablate.error" in t.user_attrs for t in ts)
-                if done >= self.trials:
-                    break
-                tried = done + failed
-                if failed >= self.trials or (failed and tried >= min(self.trials, 3)
-                                             and failed / tried > rate):
-                    print(f"error: optuna study {self.name}: {failed} of {tried} trials "
-                          f"failed (more than optuna.max_failure_rate={rate}); see the "
-                          "FAILED runs in MLflow, fix the search space or raise the rate",
-                          file=sys.stderr)
-                    tracking.end_parent(self.uri, parent, ok=False, status="FAILED")
-                    return 1
-                if done + sum(t.state == S.RUNNING for t in ts) >= self.trials:
-                    time.sleep(min(5, self.opt["heartbeat"]))  # others hold the last trials
-                    continue
-                study.sampler = sampler_for(self.opt, len(ts))
-                study.optimize(self.objective, n_trials=1)
-        except KeyboardInterrupt:
-            self.requeue(study)
-            tracking.end_parent(self.uri, parent, ok=False, status="KILLED")
-            raise
-        self.finish(study, parent)
-        return 0
-
-    def requeue(self, study) -> None:
-        """Queue the interrupted trial again, so a resumed study loses nothing."""
-        if self.current is not None:
-            t = study.trials[self.current]
-            if t.state.name == "FAIL" and "sr_ablate.error" not in t.user_attrs:
-                study.enqueue_trial(t.params, user_attrs={"sr_ablate.retry_of": t.number})
-
-    def objective(self, trial):
-        from sr_ablate import preflight, tracking
-        from sr_ablate.run import run
-
-        trial.study.sampler = sampler_for(self.opt, trial.number)
-        self.current = trial.number
-        overrides = suggest(trial, self.opt["params"])
-        trial.set_user_attr("overrides", overrides)
-        trial.set_user_attr("mlflow_run_ids", [])  # a re-queued trial copied its original's
-        trial.set_user_attr("sr_ablate.worker", f"{socket.gethostname()}:{os.getpid()}")
-        run_ids: list[str] = []
-
-        def on_start(run_id):
-            run_ids.append(run_id)
-            trial.set_user_attr("mlflow_run_ids", run_ids)
-
-        tags = {**self.tags, "optuna.trial_number": str(trial.number)}
-        values = []
-        for i, seed in enumerate(self.opt["seeds"]):
-            typed = [*overrides, f"seed={seed}"]
-            try:
-                preflight.validate(self.base + typed)
-                cfg, choices = preflight.compose_job(self.base + typed)
-                result = run(cfg, cwd=self.cwd, overrides=typed, choices=choices, tags=tags,
-                             on_start=on_start, on_eval=self.pruning(trial) if i == 0 else None)
-            except Stopped as e:
-                return self.end(trial, run_ids, "PRUNED", str(e))
-            except Exception as e:  # crashed or diverged: this trial fails, the study goes on
-                message = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-                trial.set_user_attr("sr_ablate.error", message)
-                return self.end(trial, run_ids, "FAIL", message)
-            missing = [k for k in self.objectives if k not in result]
-            if missing:
-                raise UserError(f"objective {missing[0]!r} is not logged by these runs; "
-                                f"logged: {', '.join(sorted(result))}")
-            values.append([float(result[k]) for k in self.objectives])
-        mean = [sum(v) / len(v) for v in zip(*values)]
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in zip(self.objectives, mean))
-        self.end(trial, run_ids, "COMPLETE", shown)
-        return mean[0] if len(mean) == 1 else mean
-
-    def end(self, trial, run_ids: list[str], state: str, message: str):
-        """Say how a trial ended, here and on its MLflow run(s); returns its Optuna value."""
-        import optuna
-        from sr_ablate import tracking
-
-        for run_id in run_ids:
-            tracking.annotate(self.uri, run_id, tags={"optuna.state": state})
-        overrides = " ".join(trial.user_attrs.get("overrides", []) or
-                             [f"{k}={v}" for k, v in trial.params.items()])
-        print(f"trial {trial.number} {state.lower()}: {message} ({overrides})", file=sys.stderr)
-        if state == "PRUNED":
-            raise optuna.TrialPruned(message)
-        if state == "FAIL":
-            return math.nan if len(self.objectives) == 1 else [math.nan] * len(self.objectives)
-        return None
-
-    def pruning(self, trial):
-        """on_eval for ``run``: report the objective, stop the run when the pruner says so."""
-        if not self.opt.get("pruner") or len(self.objectives) > 1:
-            return None
-        key = self.objectives[0]
-
-        def on_eval(step: int, metrics: dict) -> None:
-            if key not in metrics:
-                return
-            trial.report(float(metrics[key]), step)
-            if trial.should_prune():
-                raise Stopped(f"pruned at step {step} ({key}={metrics[key]:.4g})")
-        return on_eval
-
-    def finish(self, study, parent) -> None:
-        """Best trial(s) onto the parent run, which ends FINISHED once no trial still runs."""
-        from optuna.trial import TrialState as S
-
-        from sr_ablate import tracking
-
-        ts = study.get_trials(deepcopy=False)
-        complete = [t for t in ts if t.state == S.COMPLETE]
-        counts = {s.name.lower(): sum(t.state == s for t in ts) for s in (S.COMPLETE, S.PRUNED,
-                                                                           S.FAIL)}
-        best = study.best_trials if complete else []
-        line = ", ".join(f"{n} {k}" for k, n in counts.items())
-        print(f"optuna study {self.name}: {line}; best: " + ("; ".join(
-            f"trial {t.number} " + ", ".join(f"{k}={v:.4g}" for k, v in
-                                             zip(self.objectives, t.values)) for t in best)
-            or "none") + f" (storage {redact(self.url)})", file=sys.stderr)
-        if any(t.state == S.RUNNING for t in ts):
-            return  # another worker is still on a trial: it closes the parent run
-        tags = {"optuna.best_trials": ",".join(str(t.number) for t in best),
-                "optuna.best_run_ids": ",".join(
-                    ",".join(t.user_attrs.get("mlflow_run_ids", [])) for t in best),
-                "optuna.trials": str(len(ts)), **{f"optuna.{k}": str(n) for k, n in
-                                                   counts.items()}}
-        metrics = {f"best/{k}": v for k, v in zip(self.objectives, best[0].values)} \
-            if len(best) == 1 else {}
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "trials.csv"
-            study.trials_dataframe().to_csv(path, index=False)
-            tracking.annotate(self.uri, parent, tags=tags, metrics=metrics, artifacts=[path])
-        tracking.end_parent(self.uri, parent, ok=True, status="FINISHED")

@@ -1,7 +1,6 @@
 """Every config composes and passes the checks; typos and wrong types fail with one line."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 from mlflow.tracking import MlflowClient

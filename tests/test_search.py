@@ -205,3 +205,26 @@ def test_killed_sweep_resumes_without_repeating_or_losing_a_trial(tmp_path):
     assert killed.info.status == "KILLED"  # not left RUNNING by the SIGKILL
     assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+
+
+def test_two_objectives_give_a_pareto_front(tmp_path):
+    path = sweep_file(tmp_path, trials=3, sampler={"name": "nsga2", "seed": 0},
+                      objectives={"val/psnr": "maximize", "model/ms_per_frame": "minimize"},
+                      params={"model.channels": {"type": "categorical", "choices": [4, 8, 16]}})
+    out = cli([path], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = load(tmp_path)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    front = sorted(t.number for t in study.best_trials)
+    _, runs, (parent,) = mlflow_runs(tmp_path)
+    assert parent.data.tags["optuna.best_trials"] == ",".join(map(str, sorted(
+        int(n) for n in parent.data.tags["optuna.best_trials"].split(","))))
+    assert sorted(int(n) for n in parent.data.tags["optuna.best_trials"].split(",")) == front
+    for t in study.trials:  # the values Optuna holds are the runs' metrics
+        (r,) = [r for r in runs if r.info.run_id == t.user_attrs["mlflow_run_ids"][0]]
+        assert t.values == pytest.approx([r.data.metrics["val/psnr"],
+                                          r.data.metrics["model/ms_per_frame"]])
+    # nothing on the front is dominated by another trial
+    for a in study.best_trials:
+        assert not any(b.values[0] >= a.values[0] and b.values[1] <= a.values[1]
+                       and b.values != a.values for b in study.trials)
