@@ -188,7 +188,8 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
     uri = tracking.store_uri(cfg.tracking.uri, cwd)
     params = {**(choices or {}), **flatten(cfg)}
     tags = {**eval_tags, **getattr(loss_fn, "tags", {}), "overrides": " ".join(overrides or []),
-            "device": str(device), "sr_ablate.config_hash": config_hash(cfg), **(tags or {})}
+            "device": str(device), "torch.threads": torch.get_num_threads(),
+            "sr_ablate.config_hash": config_hash(cfg), **(tags or {})}
     if cfg.study:
         tags["sr_ablate.study"] = cfg.study
     name = " ".join(overrides) if overrides else None

@@ -84,6 +84,7 @@ def _children(cwd):
         [r for r in runs if r.data.tags.get("sr_ablate.role") == "sweep"]
 
 
+@pytest.mark.slow
 def test_grid_rerun_skips_finished_reruns_failed_and_force_runs_all(tmp_path):
     sweep = SWEEP
     assert cli(sweep, tmp_path).returncode == 0
@@ -123,6 +124,7 @@ def test_joblib_runs_two_jobs_in_parallel_on_a_fresh_store(tmp_path):
     for r in runs:
         assert r.info.status == "FINISHED"
         assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert r.data.tags["torch.threads"] == str(threads)  # what the job really used
     assert not (tmp_path / ".sr_ablate").exists()  # the outcome files are cleaned up
 
 

@@ -28,7 +28,7 @@ def sweep_file(tmp_path, **optuna_changes) -> str:
     spec = yaml.safe_load(yaml.safe_dump(BASE))
     spec["optuna"].update(optuna_changes)
     path = tmp_path / "opt.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))  # objectives keep their order
     return f"sweep={path}"
 
 
@@ -142,6 +142,7 @@ def test_failed_trials_are_counted_until_the_failure_rate(tmp_path):
     assert parents[0].info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_resuming_another_definition_is_refused(tmp_path):
     assert cli([sweep_file(tmp_path, trials=1)], tmp_path).returncode == 0
     out = cli([sweep_file(tmp_path, trials=1), "model.channels=16"], tmp_path)
