@@ -7,7 +7,8 @@ A sweep file names its ``study`` and holds any of:
   ``grid``: {key: [values]} swept as every combination (Hydra's ``key=a,b,c``);
   ``variants``: {name: [overrides]}: a list of one-off variants (an ablation), run as a
   generated config group ``study_variant`` (one ``# @package _global_`` file per variant);
-  ``baseline``: the variant the others are compared with (for reports);
+  ``baseline``: the variant the others are compared with in reports (a variant's name, or
+  a grid point such as ``{model.blocks: 16}``);
   ``optuna``: instead of a grid, an Optuna search (see ``sr_ablate.search``).
 Every run gets ``study=<study>`` (a param) and goes to the MLflow experiment of that name.
 """
@@ -40,8 +41,14 @@ def load(name: str) -> dict:
         raise UserError(f"{path}: missing 'study: <name>'")
     if not spec.get("grid") and not spec.get("variants") and not spec.get("optuna"):
         raise UserError(f"{path}: give 'grid' or 'variants' (or both), or 'optuna'")
-    if spec.get("baseline") and spec["baseline"] not in (spec.get("variants") or {}):
-        raise UserError(f"{path}: baseline {spec['baseline']!r} is not one of the variants")
+    base = spec.get("baseline")
+    if isinstance(base, dict):  # a grid point, e.g. {model.blocks: 16}
+        grid = spec.get("grid") or {}
+        for k, v in base.items():
+            if v not in grid.get(k, []):
+                raise UserError(f"{path}: baseline {k}={v} is not a point of the grid")
+    elif base and base not in (spec.get("variants") or {}):
+        raise UserError(f"{path}: baseline {base!r} is not one of the variants")
     spec["path"] = str(path)
     return spec
 

@@ -231,7 +231,7 @@ def runs_frame(uri: str, experiment: str | None = None):
             if r.data.tags.get("sr_ablate.role") == "sweep":
                 continue
             row = {"run_id": r.info.run_id, "status": r.info.status, "experiment": e.name,
-                   "start_time": r.info.start_time}
+                   "start_time": r.info.start_time, "end_time": r.info.end_time}
             row.update(r.data.params)
             row.update(r.data.metrics)
             row.update({f"tag:{k}": v for k, v in r.data.tags.items()})
@@ -254,6 +254,24 @@ def download_checkpoint(uri: str, run_id: str, dst: str | Path) -> Path:
     except (mlflow.exceptions.MlflowException, OSError):
         raise UserError(f"MLflow run {run_id} has no checkpoints/final.pt; it was run with "
                         "tracking.checkpoint=false or did not finish") from None
+
+
+def sweep_definition(uri: str, sweep_id: str) -> str | None:
+    """The definition (sweep file or command line) held by the parent run of ``sweep_id``."""
+    client = MlflowClient(uri)
+    for e in client.search_experiments():
+        for r in client.search_runs([e.experiment_id], max_results=1, filter_string=(
+                f"tags.`sr_ablate.sweep_id` = '{sweep_id}' and tags.`sr_ablate.role` = 'sweep'")):
+            return r.data.tags.get("sr_ablate.sweep")
+    return None
+
+
+def fetch_artifact(uri: str, run_id: str, path: str, dst: str | Path) -> Path | None:
+    """Download artifact ``path`` of a run into ``dst``; None when the run has no such file."""
+    try:
+        return Path(MlflowClient(uri).download_artifacts(run_id, path, str(dst)))
+    except (mlflow.exceptions.MlflowException, OSError):
+        return None
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:

@@ -1,9 +1,18 @@
-"""Reports from real runs in a real MLflow store: seeds are repeats, not a design factor."""
+"""Reports from real runs in a real MLflow store: seeds are repeats, not a design factor; every
+file is written; the numbers are the MLflow metrics (means, CIs and paired tests recomputed
+here); the HTML renders in headless Chromium."""
 from __future__ import annotations
 
-import pytest
+import shutil
+import subprocess
 
-from conftest import TINY
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from conftest import TINY, cli
 from sr_ablate import tracking
 from sr_ablate.report import factors, results_table
 from sr_ablate.run import run
@@ -24,3 +33,109 @@ def test_seeds_are_pooled_as_repeats(store, compose, tmp_path):
         assert row["val/psnr"] == pytest.approx(mine["val/psnr"].mean())
         assert row["train/loss"] == pytest.approx(mine["train/loss"].mean())
         assert sorted(row["run_id"].split()) == sorted(mine["run_id"].str[:8])
+
+
+SWEEP = """
+study: rep
+baseline: b2
+overrides: [trainer=smoke, model.channels=8, trainer.progress=false]
+grid: {seed: [0, 1]}
+variants:
+  b1: [model.blocks=1]
+  b2: [model.blocks=2]
+"""
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    """Four real runs (2 variants x 2 seeds) from a sweep file, then `python -m sr_ablate.report`."""
+    cwd = tmp_path_factory.mktemp("report")
+    (cwd / "rep.yaml").write_text(SWEEP)
+    out = cli([f"sweep={cwd / 'rep.yaml'}"], cwd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = cli(["rep"], cwd, module="sr_ablate.report")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return cwd, cwd / "reports" / "rep"
+
+
+def test_every_file_is_written(reported):
+    _, rep = reported
+    for name in ("results.md", "results.csv", "results.tex", "index.html", "plots/curves.png",
+                 "plots/psnr_vs_model_blocks.png", "plots/pareto.png", "plots/crops.png"):
+        assert (rep / name).is_file() and (rep / name).stat().st_size > 0, name
+    html = (rep / "index.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and "<table" in html
+    assert "plots/" not in html  # self-contained: nothing to fetch next to it
+    tex = (rep / "results.tex").read_text()
+    assert tex.startswith(r"\begin{tabular}") and r"$\pm$" in tex and r"val/psnr" in tex
+    md = (rep / "results.md").read_text()
+    assert "![curves](plots/curves.png)" in md and "baseline ◆ (variant=b2)" in md
+
+
+def test_table_numbers_equal_the_mlflow_metrics(reported):
+    from scipy import stats
+    cwd, rep = reported
+    table = pd.read_csv(rep / "results.csv")
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("rep")
+    runs = [r for r in client.search_runs([exp.experiment_id])
+            if r.data.tags.get("sr_ablate.role") != "sweep"]
+    assert "seed" not in factors(tracking.runs_frame(f"sqlite:///{cwd / 'mlflow.db'}"))
+    assert list(table["variant"]) == ["b1", "b2"] and list(table["n"]) == [2, 2]
+    assert list(table["baseline"]) == [False, True]
+    per_image = {}
+    for r in runs:
+        path = client.download_artifacts(r.info.run_id, "per_image.csv", str(cwd / r.info.run_id))
+        per_image[r.info.run_id] = pd.read_csv(path)
+    mine = {v: [r for r in runs if r.data.params["variant"] == v] for v in ("b1", "b2")}
+    for _, row in table.iterrows():
+        members = mine[row["variant"]]
+        assert sorted(row["run_id"].split()) == sorted(r.info.run_id[:8] for r in members)
+        for key in ("val/psnr", "val/ssim"):
+            x = np.array([r.data.metrics[key] for r in members])
+            half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+            assert row[key] == pytest.approx(x.mean(), rel=1e-12)
+            assert row[f"{key}_ci"] == pytest.approx(half, rel=1e-9)
+        for key in ("val/bicubic_psnr", "train/loss", "model/params", "model/gflops"):
+            assert row[key] == pytest.approx(np.mean([r.data.metrics[key] for r in members]))
+        assert row["val/dpsnr_bicubic"] == pytest.approx(row["val/psnr"] - row["val/bicubic_psnr"])
+    b1, b2 = table.iloc[0], table.iloc[1]
+    assert b1["val/dpsnr_baseline"] == pytest.approx(b1["val/psnr"] - b2["val/psnr"])
+    assert b2["val/dpsnr_baseline"] == 0 and np.isnan(b2["val/p_baseline"])
+
+    def psnr(run):  # per image, ordered by seed then image
+        rows = per_image[run.info.run_id]
+        return rows[rows["set"] == "val"].sort_values("image")["psnr"].to_numpy()
+    a = np.concatenate([psnr(r) for r in sorted(mine["b1"], key=lambda r: r.data.params["seed"])])
+    b = np.concatenate([psnr(r) for r in sorted(mine["b2"], key=lambda r: r.data.params["seed"])])
+    expected = stats.wilcoxon(a - b, zero_method="zsplit").pvalue
+    assert b1["val/p_baseline"] == pytest.approx(expected)
+    assert b1["val/p_holm"] == pytest.approx(expected)  # one comparison: Holm changes nothing
+
+
+def test_make_report_skips_experiments_without_new_runs(reported):
+    cwd, _ = reported
+    out = cli([], cwd, module="sr_ablate.report")
+    assert out.returncode == 0 and "reports/rep: up to date" in out.stdout
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="needs Debian's chromium (apt-get install chromium; "
+                    ".ci/run installs it)")
+def test_html_opens_in_headless_chromium_with_table_and_plot(reported, tmp_path):
+    _, rep = reported
+    shot = tmp_path / "shot.png"
+    out = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                          "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1400,2600",
+                          (rep / "index.html").as_uri()], capture_output=True, text=True,
+                         timeout=120)
+    assert shot.is_file(), out.stderr[-2000:]
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    top = img[:500]  # title and table: dark text on white, table borders
+    assert (top.sum(axis=2) < 200).sum() > 2000
+    # a plot: matplotlib's first colour (tab:blue, 31/119/180) drawn below the table
+    blue = (abs(img[..., 0] - 31) < 30) & (abs(img[..., 1] - 119) < 30) & \
+        (abs(img[..., 2] - 180) < 30)
+    assert blue[400:].sum() > 500
