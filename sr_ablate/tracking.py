@@ -21,6 +21,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from sr_ablate import Stopped
 
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reports fetch many
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter about table creation
 logging.getLogger("alembic").setLevel(logging.WARNING)
 

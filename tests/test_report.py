@@ -139,3 +139,15 @@ def test_html_opens_in_headless_chromium_with_table_and_plot(reported, tmp_path)
     blue = (abs(img[..., 0] - 31) < 30) & (abs(img[..., 1] - 119) < 30) & \
         (abs(img[..., 2] - 180) < 30)
     assert blue[400:].sum() > 500
+
+
+def test_report_of_one_sweep_by_its_id(reported):
+    cwd, _ = reported
+    runs = tracking.runs_frame(f"sqlite:///{cwd / 'mlflow.db'}")
+    (sweep_id,) = runs["tag:sr_ablate.sweep_id"].unique()
+    out = cli([sweep_id, "--out", str(cwd / "by_id")], cwd, module="sr_ablate.report")
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = pd.read_csv(cwd / "by_id" / sweep_id / "results.csv")
+    assert list(table["n"]) == [2, 2]
+    bad = cli(["no_such_thing"], cwd, module="sr_ablate.report")
+    assert bad.returncode == 2 and "neither an experiment nor a sweep id" in bad.stderr
