@@ -27,14 +27,13 @@ def _job(cfg, multirun: bool) -> None:
 
     from sr_ablate import UserError, launch, tracking
     from sr_ablate.config import config_hash
+    from sr_ablate.preflight import group_choices
     from sr_ablate.run import run
     from sr_ablate.train import NonFiniteLoss
 
     hc = HydraConfig.get()
     job = " ".join(hc.overrides.task) or "(defaults)"
-    choices = {k: v for k, v in hc.runtime.choices.items()
-               if not k.startswith("hydra") and k not in ("schema", "study_variant")
-               and v is not None}
+    choices = group_choices(hc.runtime.choices)
     try:
         if multirun and not cfg.sweep.force:
             uri = tracking.store_uri(cfg.tracking.uri, CWD)
@@ -44,8 +43,7 @@ def _job(cfg, multirun: bool) -> None:
                       "(sweep.force=true runs it again)", file=sys.stderr)
                 launch.record("skipped", job, done)
                 return
-        if os.environ.get(launch.THREADS_ENV):
-            torch.set_num_threads(int(os.environ[launch.THREADS_ENV]))
+        launch.use_threads()
         pool, n_gpus = os.environ.get(launch.DEVICE_POOL_ENV), torch.cuda.device_count()
         if pool and n_gpus > 1 and cfg.trainer.device in ("auto", "cuda"):
             with launch.claim_device(pool, n_gpus, start=hc.job.num) as i:
@@ -148,7 +146,7 @@ def main() -> int:
             tracking.end_parent(uri, parent, ok=code == 0 and not failed, status=status)
             for message in dict.fromkeys(r["message"] for r in failed):
                 print(f"error: {message}", file=sys.stderr)
-            print(launch.summary(results, len(results)), file=sys.stderr)
+            print(launch.summary(results), file=sys.stderr)
             shutil.rmtree(outcomes, ignore_errors=True)
             if not any(outcomes.parent.iterdir()):
                 outcomes.parent.rmdir()

@@ -1,7 +1,7 @@
 """How the jobs of a sweep share one machine, and what the launching process learns of them.
 
 Hydra's launchers (serial, joblib, submitit) run the jobs; this module decides, without
-importing torch or MLflow:
+importing MLflow (torch only to apply a thread count):
   * how many jobs run at once and how many threads each gets (no oversubscribed cores);
   * which GPU a job takes when several jobs share a machine with several GPUs (a lock file
     per device, so two running jobs never share one, whatever order they start in);
@@ -31,6 +31,13 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def use_threads() -> None:
+    """In a job: take the torch thread count the launching process chose, if it chose one."""
+    if os.environ.get(THREADS_ENV):
+        import torch
+        torch.set_num_threads(int(os.environ[THREADS_ENV]))
 
 
 def plan(jobs: int, requested: int | None, n_cores: int, n_gpus: int = 0) -> tuple[int, int]:
@@ -104,7 +111,7 @@ def outcomes(folder: str | Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))]
 
 
-def summary(results: list[dict], total: int) -> str:
+def summary(results: list[dict]) -> str:
     """One line: how many jobs ran, were skipped (and how to force them) or failed."""
     count = {k: sum(r["outcome"] == k for r in results) for k in ("ran", "skipped", "failed")}
     parts = [f"{count['ran']} ran"]
@@ -113,4 +120,4 @@ def summary(results: list[dict], total: int) -> str:
                      "exists; sweep.force=true runs them again)")
     if count["failed"]:
         parts.append(f"{count['failed']} failed (the error line(s) above say why)")
-    return f"sr_ablate: {total} job(s): " + ", ".join(parts)
+    return f"sr_ablate: {len(results)} job(s): " + ", ".join(parts)

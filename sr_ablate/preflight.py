@@ -19,27 +19,31 @@ PASSTHROUGH = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "-
                "--shell-completion", "-sc", "--resolve", "--package", "-p")
 
 
-def compose(overrides: list[str]) -> DictConfig:
+def compose(overrides: list[str], hydra_config: bool = False) -> DictConfig:
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return hydra_compose("config", overrides=overrides)
+        return hydra_compose("config", overrides=overrides, return_hydra_config=hydra_config)
+
+
+def group_choices(choices) -> dict[str, str]:
+    """The config group options a job was composed with (``{"model": "srresnet", ...}``,
+    recorded as params), from Hydra's ``runtime.choices``: Hydra's own groups, the schema and
+    the generated ``study_variant`` group left out."""
+    return {k: v for k, v in choices.items()
+            if not k.startswith("hydra") and k not in ("schema", "study_variant")
+            and v is not None}
 
 
 def compose_job(overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
     """A job's config as Hydra would hand it over (no ``hydra`` node), and its config group
-    choices (``{"model": "srresnet", ...}``), for jobs run outside ``@hydra.main``."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    choices, for jobs run outside ``@hydra.main``."""
     from omegaconf import open_dict
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
-    choices = {k: v for k, v in cfg.hydra.runtime.choices.items()
-               if not k.startswith("hydra") and k != "schema" and v is not None}
+    cfg = compose(overrides, hydra_config=True)
+    choices = group_choices(cfg.hydra.runtime.choices)
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg, choices

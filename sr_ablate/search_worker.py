@@ -74,9 +74,7 @@ class Worker:
 
         from sr_ablate import launch, tracking
 
-        if os.environ.get(launch.THREADS_ENV):
-            import torch
-            torch.set_num_threads(int(os.environ[launch.THREADS_ENV]))
+        launch.use_threads()
         rate = self.opt["max_failure_rate"]
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         try:

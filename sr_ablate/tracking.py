@@ -129,12 +129,14 @@ def run(uri: str, experiment: str, *, params: dict, tags: dict, name: str | None
         client.set_terminated(run_id, "FINISHED")
 
 
-def start_parent(uri: str, experiment: str, sweep_id: str, definition: str) -> str:
-    """Create the parent run of a sweep and export its id for the child jobs; returns the id."""
+def start_parent(uri: str, experiment: str, sweep_id: str, definition: str,
+                 tags: dict[str, str] | None = None, name: str | None = None) -> str:
+    """Create the parent run of a sweep (with extra ``tags``) and export its id for the child
+    jobs; returns the id."""
     client = MlflowClient(uri)
-    r = client.create_run(experiment_id(uri, experiment), run_name=f"sweep-{sweep_id}",
-                          tags={"sr_ablate.sweep_id": sweep_id, "sr_ablate.role": "sweep",
-                                "sr_ablate.sweep": definition})
+    r = client.create_run(experiment_id(uri, experiment), run_name=name or f"sweep-{sweep_id}",
+                          tags={**(tags or {}), "sr_ablate.sweep_id": sweep_id,
+                                "sr_ablate.role": "sweep", "sr_ablate.sweep": definition})
     os.environ[PARENT_ENV] = r.info.run_id
     os.environ[SWEEP_ENV] = sweep_id
     return r.info.run_id
@@ -168,9 +170,8 @@ def find_parent(uri: str, experiment: str, tags: dict[str, str], definition: str
     runs = existing()
     if not runs:
         sweep_id = uuid.uuid4().hex[:12]
-        client.create_run(exp, run_name=f"sweep-{tags.get('optuna.study', sweep_id)}",
-                          tags={**tags, "sr_ablate.sweep_id": sweep_id, "sr_ablate.role": "sweep",
-                                "sr_ablate.sweep": definition})
+        start_parent(uri, experiment, sweep_id, definition, tags,
+                     name=f"sweep-{tags.get('optuna.study', sweep_id)}")
         runs = existing()
         for r in runs[1:]:  # lost a race with another worker: keep only the oldest
             if r.data.tags.get("sr_ablate.sweep_id") == sweep_id:

@@ -71,7 +71,7 @@ def test_config_hash_is_what_is_computed(compose):
 
 def test_summary_line_says_what_was_skipped():
     line = launch.summary([{"outcome": "ran"}, {"outcome": "skipped"},
-                           {"outcome": "failed"}], 3)
+                           {"outcome": "failed"}])
     assert line.startswith("sr_ablate: 3 job(s): 1 ran, 1 skipped")
     assert "sweep.force=true" in line and "1 failed" in line
 
