@@ -2,6 +2,10 @@
 
 __version__ = "0.1.0"
 
+import time as _time
+
+IMPORTED_AT = _time.time()  # fallback for the process start where /proc is missing
+
 
 class UserError(Exception):
     """Bad input from the user: the message is one line naming the problem and the fix."""

@@ -31,6 +31,7 @@ def _job(cfg, multirun: bool) -> None:
     from sr_ablate.run import run
     from sr_ablate.train import NonFiniteLoss
 
+    started = launch.job_clock()
     hc = HydraConfig.get()
     job = " ".join(hc.overrides.task) or "(defaults)"
     choices = group_choices(hc.runtime.choices)
@@ -48,9 +49,11 @@ def _job(cfg, multirun: bool) -> None:
         if pool and n_gpus > 1 and cfg.trainer.device in ("auto", "cuda"):
             with launch.claim_device(pool, n_gpus, start=hc.job.num) as i:
                 cfg.trainer.device = f"cuda:{i}"
-                run(cfg, cwd=CWD, overrides=list(hc.overrides.task), choices=choices)
+                run(cfg, cwd=CWD, overrides=list(hc.overrides.task), choices=choices,
+                    started_at=started)
         else:
-            run(cfg, cwd=CWD, overrides=list(hc.overrides.task), choices=choices)
+            run(cfg, cwd=CWD, overrides=list(hc.overrides.task), choices=choices,
+                started_at=started)
         launch.record("ran", job)
     except (UserError, NonFiniteLoss) as e:
         message = str(e) if isinstance(e, UserError) else (

@@ -1,77 +1,176 @@
-"""``python -m sr_ablate.bench``: sr_ablate's training path against a bare PyTorch loop.
+"""``python -m sr_ablate.bench`` (``make bench``): what sr_ablate costs over the bare model.
 
-Both train the same model on the same batch shape in one process, in alternating rounds so
-that drift of the machine hits both alike:
-- bare: fwd + bwd + Adam on one batch already in memory;
-- sr_ablate: patch sampling from the built-in photos + ``fit`` + logging every 10 steps
-  into a real sqlite MLflow store (evaluation off: it is not part of a training step).
-Prints it/s of each and their ratio. Figures are printed, not asserted.
+Measured in one process run and printed side by side (Markdown tables), figures never
+asserted:
+1. training it/s: sr_ablate's path (patch sampling + ``fit`` + logging) against a bare loop
+   with the batch in memory, and a PyTorch Lightning ``Trainer``, per model;
+2. achieved GFLOP/s against the measured matmul peak of the device;
+3. the knobs ``trainer.channels_last``, ``trainer.compile``, ``trainer.precision``;
+4. fixed cost: process start to first step, and the extra cost of each further job of a sweep;
+5. evaluation: PSNR+SSIM over Set14 x4, MATLAB-bicubic downscaling of BSD100;
+6. the live model: ms per 1280x720 -> 1920x1080 frame and 30 frames, against bicubic.
+``--md BENCHMARKS.md`` also writes the tables into that file between its bench markers.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
+import platform
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
+from sr_ablate import bench_costs, bench_train as bt
 
-def bare_steps(model, optimizer, loss_fn, lq, gt, steps: int) -> float:
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def machine(device: torch.device) -> str:
+    import hydra
+    import mlflow
+    import optuna
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
+    return (f"{datetime.date.today()}, {cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} "
+            f"torch threads), GPU: {gpu}; Python {platform.python_version()}, torch "
+            f"{torch.__version__}, mlflow {mlflow.__version__}, hydra {hydra.__version__}, "
+            f"optuna {optuna.__version__}")
+
+
+def steps_for(s: bt.Setup, seconds: float, log_every: int) -> int:
+    """Steps that take about ``seconds``, a multiple of ``log_every`` (logging is counted)."""
+    its = bt.bare_its(s, 2)
+    return max(log_every, round(seconds * its / log_every) * log_every)
+
+
+def training(args, device, uri: str, peak: float) -> tuple[str, str]:
+    """Sections 1-3: (throughput table, knobs table)."""
+    from sr_ablate import tracking
+    rows, knob_rows = [], []
+    for name in args.models:
+        overrides, batch, patch = bt.MODELS[name]
+        s = bt.setup(name, overrides, batch, patch, device=str(device))
+        bt.bare_its(s, 2)  # warm-up: kernel selection, allocator
+        steps = args.steps or steps_for(s, args.seconds, 10)
+        bare, full, light = [], [], []
+        with tracking.run(uri, "bench", params={"model": name}, tags={}) as log:
+            for _ in range(args.rounds):  # alternating: machine drift hits all alike
+                bare.append(bt.bare_its(s, steps))
+                full.append(bt.full_its(s, steps, log.log_metrics))
+                if not args.no_lightning:
+                    light.append(bt.lightning_its(s, steps, uri))
+        b, f = max(bare), max(full)  # best round of each: the least disturbed
+        gflop = bt.step_gflop(s)
+        li = f"{max(light):.3f} ({f / max(light):.2f}x)" if light else "not run"
+        rows.append([name, f"{batch} x {patch}²", steps, f"{b:.3f}", f"{f:.3f}",
+                     f"**{f / b:.3f}**", li, f"{gflop:.1f}", f"{gflop * b:.0f}",
+                     f"{gflop * b / peak:.0%}"])
+        print(f"  {name}: bare {b:.3f}, sr_ablate {f:.3f} it/s (ratio {f / b:.3f}); "
+              f"Lightning {li}", file=sys.stderr)
+        if not args.no_knobs:
+            knob_rows.append([name, f"{b:.3f}", *knobs(s, name, overrides, batch, patch,
+                                                       device, max(3, steps // 2))])
+    train = table(["model", "batch x LR patch", "steps/round", "bare it/s",
+                   "sr_ablate it/s", "ratio", "Lightning it/s (sr_ablate ×)",
+                   "GFLOP/step", "GFLOP/s (bare)", "of peak"], rows)
+    knob = table(["model", "fp32 it/s", "channels_last", "compile (compile s)",
+                  "bf16 autocast", "fp16 autocast"], knob_rows)
+    return train, knob
+
+
+def knobs(s: bt.Setup, name, overrides, batch, patch, device, steps) -> list[str]:
+    """Bare-loop it/s with each knob, as multiples of the fp32 figure just measured."""
+    base = bt.bare_its(s, steps)
+    cl = bt.setup(name, overrides, batch, patch, device=str(device), channels_last=True)
+    bt.bare_its(cl, 2)
+    out = [f"{bt.bare_its(cl, steps) / base:.2f}x"]
     t = time.perf_counter()
-    for _ in range(steps):
-        loss = loss_fn(model(lq), gt)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    loss.item()
-    return steps / (time.perf_counter() - t)
+    compiled = torch.compile(s.model)
+    bt.bare_its(s, 2, model=compiled)  # compiles forward and backward
+    took = time.perf_counter() - t
+    out.append(f"{bt.bare_its(s, steps, model=compiled) / base:.2f}x ({took:.0f} s)")
+    few = max(2, steps // 10)  # bf16 without native support is slow: a few steps say enough
+    out.append(f"{bt.bare_its(s, few, autocast=torch.bfloat16) / base:.2f}x")
+    out.append(f"{bt.bare_its(s, few, autocast=torch.float16) / base:.2f}x"
+               if device.type == "cuda" else "CUDA only")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sr_ablate import data, tracking
-    from sr_ablate.models import SRResNet
-    from sr_ablate.train import fit
-
-    ap = argparse.ArgumentParser(prog="python -m sr_ablate.bench", description=__doc__)
-    ap.add_argument("--blocks", type=int, default=16)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--patch", type=int, default=24)
-    ap.add_argument("--steps", type=int, default=20, help="steps per round")
+    ap = argparse.ArgumentParser(prog="python -m sr_ablate.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=list(bt.MODELS), choices=list(bt.MODELS))
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=6.0, help="length of one round")
+    ap.add_argument("--steps", type=int, default=0, help="steps per round (0: from --seconds)")
+    ap.add_argument("--jobs", type=int, default=4, help="jobs in the sweep timed for section 4")
+    ap.add_argument("--frames", type=int, default=30, help="live model: frames timed")
+    ap.add_argument("--data", default=None, help="folder holding Set14 and BSD100 "
+                    "(default: $SR_ABLATE_DATA, else ../shared/data)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--no-lightning", action="store_true")
+    ap.add_argument("--no-knobs", action="store_true")
+    ap.add_argument("--only", nargs="+", default=["train", "startup", "eval", "live"],
+                    choices=["train", "startup", "eval", "live"])
+    ap.add_argument("--md", type=Path, help="also write the tables into this Markdown file")
     args = ap.parse_args(argv)
-    scale = 2
-    torch.manual_seed(0)
-    model = SRResNet(blocks=args.blocks, scale=scale)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    loss_fn = torch.nn.MSELoss()
-    lq = torch.rand(args.batch, 3, args.patch, args.patch)
-    gt = torch.rand(args.batch, 3, args.patch * scale, args.patch * scale)
-    bare_steps(model, optimizer, loss_fn, lq, gt, 3)  # warm-up: kernel selection, allocator
-
-    class _Cfg:  # the data node of the built-in set
-        name = "builtin"
-        color = "rgb"
-    train, _ = data.build(_Cfg, scales=[scale], patch_size=args.patch)
-    batches = data.batches(train, patch_size=args.patch, batch_size=args.batch, seed=0)
-    bare, full = [], []
+    if not args.no_lightning and "train" in args.only:
+        try:
+            import lightning  # noqa: F401
+        except ImportError:
+            ap.error("the Lightning comparison needs lightning: pip install -e '.[bench]', "
+                     "or pass --no-lightning")
+    from sr_ablate.run import pick_device
+    device = pick_device(args.device)
+    out = [f"Machine: {machine(device)}."]
     with tempfile.TemporaryDirectory() as tmp:
-        uri = tracking.store_uri(None, tmp)
-        with tracking.run(uri, "bench", params={"bench": 1}, tags={}) as log:
-            for _ in range(args.rounds):
-                bare.append(bare_steps(model, optimizer, loss_fn, lq, gt, args.steps))
-                t = time.perf_counter()
-                fit(model, batches, optimizer, steps=args.steps, loss_fn=loss_fn,
-                    log_fn=log.log_metrics, log_every=10, progress=False)
-                full.append(args.steps / (time.perf_counter() - t))
-    b, f = max(bare), max(full)  # best round of each: least disturbed by the machine
-    print(f"SRResNet-{args.blocks} x{scale}, batch {args.batch} x {args.patch}^2 LR patches, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"  bare loop (data in memory): {b:.3f} it/s   rounds: "
-          + ", ".join(f"{x:.3f}" for x in bare))
-    print(f"  sr_ablate (data+fit+log):   {f:.3f} it/s   rounds: "
-          + ", ".join(f"{x:.3f}" for x in full))
-    print(f"  ratio sr_ablate / bare:     {f / b:.3f}")
+        uri = f"sqlite:///{tmp}/bench.db"
+        if "train" in args.only:
+            peak = bt.matmul_peak(device)
+            out.append(f"\n### Training (device {device}; matmul fp32 peak measured: "
+                       f"**{peak:.0f} GFLOP/s**)\n")
+            train, knob = training(args, device, uri, peak)
+            out.append(train)
+            if not args.no_knobs:
+                out += ["\nKnobs, bare loop it/s relative to fp32 (trainer.channels_last, "
+                        "trainer.compile, trainer.precision):\n", knob]
+        if "startup" in args.only:
+            out += ["\n### Fixed cost\n", bench_costs.report(tmp, args.jobs, device)]
+        if "eval" in args.only:
+            out += ["\n### Evaluation\n", bench_costs.evaluation(args.data)]
+        if "live" in args.only:
+            out += ["\n### Live model (ESPCN x1.5, 1280x720 -> 1920x1080)\n",
+                    bench_costs.live(args.frames, device)]
+    text = "\n".join(out)
+    print(text)
+    if args.md:
+        write_md(args.md, text)
     return 0
+
+
+def write_md(path: Path, text: str) -> None:
+    """Put ``text`` between the bench markers of ``path`` (appended when it has none)."""
+    old = path.read_text() if path.exists() else ""
+    block = f"{START}\n{text}\n{END}"
+    if START in old and END in old:
+        new = old[:old.index(START)] + block + old[old.index(END) + len(END):]
+    else:
+        new = old + ("\n" if old else "") + block + "\n"
+    path.write_text(new)
 
 
 if __name__ == "__main__":

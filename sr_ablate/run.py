@@ -53,6 +53,9 @@ def build_model(model_cfg) -> torch.nn.Module:
     return build(model_cfg)
 
 
+_evaluators: dict[tuple, Evaluator] = {}
+
+
 def build_evaluators(eval_cfg, scales: list[float], val_files: list[Path] | None
                      ) -> tuple[list[Evaluator], dict[str, str]]:
     """One Evaluator per entry of ``eval.sets`` and scale (``val`` = the data's validation
@@ -70,8 +73,10 @@ def build_evaluators(eval_cfg, scales: list[float], val_files: list[Path] | None
         hashes[name] = files_sha256(files)
         for i, s in enumerate(scales):
             prefix = name if i == 0 else f"{name}_x{s:g}"
-            evaluators.append(Evaluator(data.load_eval_images(files, s), s, protocol,
-                                        prefix=prefix, tile=eval_cfg.tile))
+            # one per process: its LR inputs and bicubic scores are computed once per sweep
+            key = (data.files_key(files), s, protocol, prefix, eval_cfg.tile)
+            evaluators.append(data.memo(_evaluators, key, lambda: Evaluator(
+                data.load_eval_images(files, s), s, protocol, prefix=prefix, tile=eval_cfg.tile)))
     return evaluators, fingerprint(protocol, hashes)
 
 
@@ -151,14 +156,19 @@ def complexity_metrics(model, cfg: DictConfig, device) -> tuple[dict[str, float]
 def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None = None,
         choices: dict[str, str] | None = None, tags: dict[str, str] | None = None,
         on_start: Callable[[str], None] | None = None,
-        on_eval: Callable[[int, dict], None] | None = None) -> dict:
+        on_eval: Callable[[int, dict], None] | None = None,
+        started_at: float | None = None) -> dict:
     """Train and evaluate one configuration, logging to MLflow; returns the final metrics.
 
     ``overrides`` (as typed, e.g. ``model.blocks=8``) and ``choices`` (config group options,
     e.g. ``{"loss": "l2"}``) are recorded too; the latter as params named after the group.
     ``tags`` are added to the run's; ``on_start(run_id)`` is called once the MLflow run is
     open, ``on_eval(step, metrics)`` after every evaluation (it may raise ``Stopped``).
+    ``started_at``: where the job's fixed cost counts from (``time/to_first_step_s``);
+    default: the process start.
     """
+    from sr_ablate.launch import process_start
+    started_at = process_start() if started_at is None else started_at
     check(cfg)
     seed_everything(cfg.seed)
     device = pick_device(cfg.trainer.device)
@@ -203,6 +213,6 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
                      eval_fn=evaluate_all(evaluators), log_fn=log.log_metrics,
                      eval_every=t.eval_every, log_every=t.log_every, grad_clip=t.grad_clip,
                      clip_mode=t.clip_mode, scheduler=scheduler, device=device,
-                     progress=t.progress, on_eval=on_eval)
+                     progress=t.progress, on_eval=on_eval, started_at=started_at)
         log_outputs(log, cfg, model, evaluators, t.steps)
     return {**result, **cost}

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sr_ablate import Stopped, UserError
+from sr_ablate import Stopped, UserError, launch
 from sr_ablate.search import (PRUNERS, _make, definition, redact, sampler_for, storage,
                               suggest)
 
@@ -72,7 +72,7 @@ class Worker:
         import optuna
         from optuna.trial import TrialState as S
 
-        from sr_ablate import launch, tracking
+        from sr_ablate import tracking
 
         launch.use_threads()
         rate = self.opt["max_failure_rate"]
@@ -133,11 +133,13 @@ class Worker:
         values = []
         for i, seed in enumerate(self.opt["seeds"]):
             typed = [*overrides, f"seed={seed}"]
+            started = launch.job_clock()
             try:
                 preflight.validate(self.base + typed)
                 cfg, choices = preflight.compose_job(self.base + typed)
                 result = run(cfg, cwd=self.cwd, overrides=typed, choices=choices, tags=tags,
-                             on_start=on_start, on_eval=self.pruning(trial) if i == 0 else None)
+                             on_start=on_start, on_eval=self.pruning(trial) if i == 0 else None,
+                             started_at=started)
             except Stopped as e:
                 return self.end(trial, run_ids, "PRUNED", str(e))
             except Exception as e:  # crashed or diverged: this trial fails, the study goes on

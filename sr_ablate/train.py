@@ -36,7 +36,8 @@ def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.
         steps: int, loss_fn: Callable, eval_fn: EvalFn | None = None, log_fn: LogFn | None = None,
         eval_every: int = 0, log_every: int = 10, grad_clip: float | None = None,
         clip_mode: str = "norm", scheduler=None, device: str | torch.device = "cpu",
-        progress: bool = True, on_eval: LogFn | None = None) -> dict[str, float]:
+        progress: bool = True, on_eval: LogFn | None = None,
+        started_at: float | None = None) -> dict[str, float]:
     """Train ``model`` for ``steps`` optimiser steps on ``batches`` ({"lq", "gt"} in [0, 1]).
 
     ``scheduler`` (a torch LR scheduler, or None) is stepped after every optimiser step;
@@ -47,6 +48,8 @@ def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.
     ``on_eval(step, metrics)`` then sees the same metrics and may stop training by raising
     (e.g. ``sr_ablate.Stopped`` when a trial is pruned).
     The loss is read back from the device only when logging (no per-step host sync).
+    ``started_at`` (a ``time.time()``): the first log also holds ``time/to_first_step_s``,
+    the seconds from then to the end of the first step (the job's fixed cost).
     Returns the last logged value of every metric.
     """
     log_fn = log_fn or (lambda step, m: None)
@@ -70,6 +73,10 @@ def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.
                 scheduler.step()
             running += loss.detach()
             since += 1
+            if step == 1 and started_at is not None:
+                if torch.device(device).type == "cuda":
+                    torch.cuda.synchronize(device)  # once: the step has really run
+                first_step = {"time/to_first_step_s": time.time() - started_at}
             bar.update(1)
             do_eval = eval_fn is not None and (
                 (eval_every and step % eval_every == 0) or step == steps)
@@ -78,6 +85,8 @@ def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.
                 if not math.isfinite(value):
                     raise NonFiniteLoss(f"training loss is {value} at step {step}")
                 metrics = {"train/loss": value, "train/lr": optimizer.param_groups[0]["lr"]}
+                if step == since and started_at is not None:  # the first log
+                    metrics.update(first_step)
                 running.zero_()
                 since = 0
                 if do_eval:
