@@ -4,7 +4,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 ARGS ?=
 
-.PHONY: help install test test-all train sweep report ui
+.PHONY: help install test test-all train sweep report ui bench
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ sweep:  ## the block-count sweep: 4 runs under one parent run
 
 report:  ## write reports/<experiment>/results.{md,csv} from the MLflow store
 	$(PYTHON) -m sr_ablate.report $(ARGS)
+
+bench:  ## speed: sr_ablate vs a bare loop and Lightning, fixed costs, evaluation, live model -> BENCHMARKS.md
+	$(PYTHON) -m sr_ablate.bench --md BENCHMARKS.md $(ARGS)
 
 ui:  ## MLflow UI on http://$(HOST):$(PORT) (local only unless HOST is changed)
 	$(PYTHON) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port $(PORT)

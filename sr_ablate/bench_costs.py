@@ -25,6 +25,44 @@ print(time.time())
 """
 
 
+# The same with a Lightning Trainer logging to MLflow (a lightning-hydra-template user).
+LIGHTNING = """
+import sys, time, torch
+import lightning as L
+from lightning.pytorch.loggers import MLFlowLogger
+from sr_ablate.models import ESPCN
+
+class Module(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.model = ESPCN(scale=2)
+    def training_step(self, batch, _):
+        loss = torch.nn.functional.mse_loss(self.model(batch[0]), batch[1])
+        self.log("train/loss", loss)
+        return loss
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.model.parameters(), lr=1e-4)
+    def on_train_batch_end(self, *args):
+        print(time.time(), flush=True)
+
+data = torch.utils.data.TensorDataset(torch.rand(2, 3, 16, 16), torch.rand(2, 3, 32, 32))
+L.Trainer(max_steps=1, logger=MLFlowLogger("start", tracking_uri=sys.argv[1]),
+          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+          ).fit(Module(), torch.utils.data.DataLoader(data, batch_size=2))
+"""
+# The bare script that also imports MLflow and opens a sqlite store before its step.
+BARE_MLFLOW = "import sys\nfrom mlflow import MlflowClient\n" \
+    "MlflowClient(sys.argv[1]).search_experiments()\n" + BARE
+
+
+def first_line_time(args: list[str], **kw) -> float:
+    """Seconds from starting ``python args`` to the first number it prints."""
+    t0 = time.time()
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, check=True,
+                          **kw)
+    return float(done.stdout.split()[0]) - t0
+
+
 def _best(fn, repeats: int = 3) -> float:
     """Least wall-clock seconds of ``repeats`` calls (the least disturbed)."""
     times = []
@@ -36,44 +74,51 @@ def _best(fn, repeats: int = 3) -> float:
 
 
 def sweep_cmd(n: int, uri: str) -> list[str]:
-    """An n-job grid sweep of 4-step ESPCN runs, one evaluation each (at the end)."""
-    return [sys.executable, "-m", "sr_ablate", "-m", "model=espcn", "trainer=smoke",
-            "trainer.eval_every=4", "trainer.progress=false", f"tracking.uri={uri}",
-            "seed=" + ",".join(str(i) for i in range(n))]
+    """One run (n = 1) or an n-job grid sweep of 4-step ESPCN runs, each evaluated once."""
+    seeds = ["-m", "seed=" + ",".join(str(i) for i in range(n))] if n > 1 else []
+    return [sys.executable, "-m", "sr_ablate", *seeds, "model=espcn", "trainer=smoke",
+            "trainer.eval_every=4", "trainer.progress=false", f"tracking.uri={uri}"]
 
 
 def report(tmp: str, jobs: int, device: torch.device) -> str:
-    """Process start -> first step (bare script, one run, a sweep's first job) and the
-    extra wall time of each further job of a sweep, in separate processes."""
+    """Process start -> first step (bare script, the same with MLflow, Lightning, one
+    sr_ablate run) and the cost of each further job of a sweep, in separate processes."""
     from sr_ablate import tracking
-    t0 = time.time()
-    done = subprocess.run([sys.executable, "-c", BARE], capture_output=True, text=True,
-                          check=True)
-    bare = float(done.stdout.split()[-1]) - t0
-    walls, firsts = {}, {}
+    bare = first_line_time(["-c", BARE])
+    mlflow = first_line_time(["-c", BARE_MLFLOW, f"sqlite:///{tmp}/bare.db"])
+    try:
+        light = first_line_time(["-c", LIGHTNING, f"sqlite:///{tmp}/lightning.db"])
+    except subprocess.CalledProcessError:
+        light = None
+    firsts, starts_of = {}, {}
     for n in dict.fromkeys((1, jobs)):
         cwd = Path(tmp) / f"sweep{n}"
         cwd.mkdir()
         uri = f"sqlite:///{cwd}/mlflow.db"
-        t0 = time.time()
         done = subprocess.run(sweep_cmd(n, uri), cwd=cwd, capture_output=True, text=True)
-        walls[n] = time.time() - t0
         if done.returncode:
             return f"sweep failed (exit {done.returncode}): {done.stderr.strip()[-500:]}"
         runs = tracking.runs_frame(uri).sort_values("start_time")
-        firsts[n] = list(runs["time/to_first_step_s"])
+        firsts[n] = list(runs.get("time/to_first_step_s", [float("nan")] * len(runs)))
+        starts_of[n] = [t / 1000 for t in runs["start_time"]]  # ms
     first = firsts[1][0]
     rows = [["bare script: import torch + model, one Adam step", f"{bare:.2f}", "", ""],
-            ["`python -m sr_ablate` (one job): process start -> first step",
-             f"{first:.2f}", f"**{first - bare:+.2f}**", "≤ 2 s"]]
+            ["the same importing MLflow and opening a sqlite store first", f"{mlflow:.2f}",
+             "", ""],
+            ["Lightning Trainer + MLFlowLogger: process start -> first step",
+             f"{light:.2f}" if light else "lightning not installed", "", ""],
+            ["`python -m sr_ablate` (one job): process start -> first step", f"{first:.2f}",
+             f"{first - bare:+.2f}; **{first - mlflow:+.2f}** over bare + MLflow", "≤ 2 s"]]
     if jobs > 1:
         later = firsts[jobs][1:]
-        per_job = (walls[jobs] - walls[1]) / (jobs - 1)
+        starts = list(starts_of[jobs])
+        cycle = sorted(b - a for a, b in zip(starts, starts[1:]))
         rows += [[f"sweep of {jobs}: each further job, start -> first step (median)",
                   f"{sorted(later)[len(later) // 2]:.2f}", "", ""],
-                 [f"sweep of {jobs}: wall time per further job "
-                  f"(({walls[jobs]:.1f} - {walls[1]:.1f}) / {jobs - 1}), 4 steps + 1 evaluation",
-                  f"{per_job:.2f}", f"**{per_job:.2f}**", "≤ 1 s"]]
+                 [f"sweep of {jobs}: one job to the next (median of run start times; "
+                  "4 steps + 1 evaluation + logging)",
+                  f"{cycle[len(cycle) // 2]:.2f}", f"**{cycle[len(cycle) // 2]:.2f}**",
+                  "≤ 1 s"]]
     return table(["what", "seconds", "sr_ablate's extra", "goal"], rows)
 
 

@@ -50,6 +50,10 @@ class TrainerConf:
     scales: list[float] = field(default_factory=list)  # multi-scale training (VDSR); [] = [scale]
     device: str = "auto"           # auto (CUDA when available) | cpu | cuda | cuda:N
     progress: bool = True
+    # Speed knobs, defaults chosen by measurement (BENCHMARKS.md):
+    precision: str = "fp32"        # fp32 | bf16 (autocast) | fp16 (autocast + gradient scaling)
+    channels_last: bool = False    # NHWC weights/activations
+    compile: bool = False          # torch.compile the training forward/backward
 
 
 @dataclass
@@ -104,6 +108,7 @@ ConfigStore.instance().store(name="schema", node=RootConf)
 
 CHOICES = {"data.name": ("builtin", "folder"), "data.color": ("auto", "rgb", "y"),
            "trainer.clip_mode": ("norm", "value", "adjustable"),
+           "trainer.precision": ("fp32", "bf16", "fp16"),
            "degradation.name": KERNELS, "eval.protocol": ("modern", "classic"),
            "eval.color": ("y", "rgb"), "eval.kernel": KERNELS, "eval.format": ("table", "json")}
 POSITIVE = ("scale", "trainer.steps", "trainer.batch_size", "trainer.patch_size",

@@ -138,19 +138,23 @@ def load_images(paths: list[Path], scale: int, color: str, min_size: int = 0,
 
 
 def make_pairs(images: list[tuple[str, torch.Tensor]], scale: float, kernel: str = "bicubic",
-               quantize: bool = True, upsampled: bool = False) -> list[Pair]:
+               quantize: bool = True, upsampled: bool = False,
+               device: str | torch.device = "cpu") -> list[Pair]:
     """Degrade each HR image once (MATLAB ``imresize`` with ``kernel``, design notes section 2).
 
     ``upsampled``: for pre-upsampling models (SRCNN, VDSR) the input is the LR image enlarged
     back to HR size with MATLAB bicubic, computed on the whole image (no patch-border effects).
+    ``device``: where the resizing runs (the training GPU: a large folder degrades in seconds);
+    the pairs are kept on the CPU, where patches are cut.
     """
     pairs = []
     for name, gt in images:
-        lq = downscale(gt, scale, kernel, quantize)
+        lq = downscale(gt.to(device), scale, kernel, quantize)
         if upsampled:
             lq = bicubic_up(lq, scale).clamp(0, 255)
             lq = lq.round() if quantize else lq
-        pairs.append(Pair(name, gt, lq.to(torch.uint8) if quantize else lq.float(), scale))
+        lq = lq.to(torch.uint8) if quantize else lq.float()
+        pairs.append(Pair(name, gt, lq.cpu(), scale))
     return pairs
 
 
@@ -174,7 +178,8 @@ def files_key(paths: list[Path]) -> tuple:
 
 
 def build(data_cfg, *, scales: list[float], patch_size: int, color: str = "rgb",
-          kernel: str = "bicubic", quantize: bool = True, upsampled: bool = False):
+          kernel: str = "bicubic", quantize: bool = True, upsampled: bool = False,
+          device: str | torch.device = "cpu"):
     """Training pairs per scale {scale: [Pair]} and the validation files (evaluation loads
     them, per scale), from ``data_cfg`` (the ``data`` config node). ``color``: rgb | y for
     the training images."""
@@ -200,7 +205,8 @@ def build(data_cfg, *, scales: list[float], patch_size: int, color: str = "rgb",
                          why=f"training patch: trainer.patch_size={patch_size} x "
                              f"scale={scale}; lower trainer.patch_size or")
         key = (files_key(train), scale, color, kernel, quantize, upsampled)
-        pairs[scale] = memo(_pairs, key, lambda: make_pairs(hr, scale, kernel, quantize, upsampled))
+        pairs[scale] = memo(_pairs, key, lambda: make_pairs(hr, scale, kernel, quantize,
+                                                            upsampled, device))
     return pairs, val
 
 

@@ -25,6 +25,9 @@ from sr_ablate.evaluate import (Evaluator, Protocol, files_sha256, fingerprint, 
 from sr_ablate.train import fit
 
 
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -174,6 +177,8 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
     device = pick_device(cfg.trainer.device)
     t = cfg.trainer
     model = build_model(cfg.model).to(device)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     channels = model_channels(model)
     train_scales = list(t.scales) or [cfg.scale]
     if not model.upsampled_input and train_scales != [cfg.scale]:
@@ -183,7 +188,7 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
     train_pairs, val_files = data.build(
         cfg.data, scales=train_scales, patch_size=t.patch_size, color=color,
         kernel=cfg.degradation.name, quantize=cfg.degradation.quantize,
-        upsampled=model.upsampled_input)
+        upsampled=model.upsampled_input, device=device)
     eval_scales = [cfg.scale] + [s for s in [*train_scales, *cfg.eval.scales] if s != cfg.scale]
     evaluators, eval_tags = build_evaluators(cfg.eval, list(dict.fromkeys(eval_scales)),
                                              val_files)
@@ -209,10 +214,14 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
         cost, cost_tags = complexity_metrics(model, cfg, device)
         log.set_tags(cost_tags)
         log.log_metrics(0, cost)
-        result = fit(model, batches, optimizer, steps=t.steps, loss_fn=loss_fn,
-                     eval_fn=evaluate_all(evaluators), log_fn=log.log_metrics,
+        # compiled for training only: evaluation sees whole images of every size (no recompiles)
+        trained = torch.compile(model) if t.compile else model
+        evaluate = evaluate_all(evaluators)
+        result = fit(trained, batches, optimizer, steps=t.steps, loss_fn=loss_fn,
+                     eval_fn=lambda _: evaluate(model), log_fn=log.log_metrics,
                      eval_every=t.eval_every, log_every=t.log_every, grad_clip=t.grad_clip,
                      clip_mode=t.clip_mode, scheduler=scheduler, device=device,
-                     progress=t.progress, on_eval=on_eval, started_at=started_at)
+                     progress=t.progress, on_eval=on_eval, started_at=started_at,
+                     autocast=AUTOCAST[t.precision])
         log_outputs(log, cfg, model, evaluators, t.steps)
     return {**result, **cost}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from typing import Callable, Iterator
 
 import torch
@@ -37,7 +38,8 @@ def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.
         eval_every: int = 0, log_every: int = 10, grad_clip: float | None = None,
         clip_mode: str = "norm", scheduler=None, device: str | torch.device = "cpu",
         progress: bool = True, on_eval: LogFn | None = None,
-        started_at: float | None = None) -> dict[str, float]:
+        started_at: float | None = None, autocast: torch.dtype | None = None
+        ) -> dict[str, float]:
     """Train ``model`` for ``steps`` optimiser steps on ``batches`` ({"lq", "gt"} in [0, 1]).
 
     ``scheduler`` (a torch LR scheduler, or None) is stepped after every optimiser step;
@@ -48,12 +50,17 @@ def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.
     ``on_eval(step, metrics)`` then sees the same metrics and may stop training by raising
     (e.g. ``sr_ablate.Stopped`` when a trial is pruned).
     The loss is read back from the device only when logging (no per-step host sync).
+    ``autocast``: run forward and loss under ``torch.autocast`` with this dtype (bf16/fp16);
+    fp16 also scales the loss (``GradScaler``) so small gradients do not flush to zero.
     ``started_at`` (a ``time.time()``): the first log also holds ``time/to_first_step_s``,
     the seconds from then to the end of the first step (the job's fixed cost).
     Returns the last logged value of every metric.
     """
     log_fn = log_fn or (lambda step, m: None)
     model.to(device).train()
+    kind = torch.device(device).type
+    amp = torch.autocast(kind, dtype=autocast) if autocast is not None else nullcontext()
+    scaler = torch.amp.GradScaler(kind) if autocast == torch.float16 else None
     last: dict[str, float] = {}
     running = torch.zeros((), device=device)
     since = 0
@@ -64,11 +71,19 @@ def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.
             batch = next(batches)
             lq = batch["lq"].to(device, non_blocking=True)
             gt = batch["gt"].to(device, non_blocking=True)
-            loss = loss_fn(model(lq), gt)
+            with amp:
+                loss = loss_fn(model(lq), gt)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip_gradients(model.parameters(), optimizer, grad_clip, clip_mode)
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                clip_gradients(model.parameters(), optimizer, grad_clip, clip_mode)
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)  # clip the true gradients
+                clip_gradients(model.parameters(), optimizer, grad_clip, clip_mode)
+                scaler.step(optimizer)
+                scaler.update()
             if scheduler is not None:
                 scheduler.step()
             running += loss.detach()
