@@ -17,6 +17,7 @@ import argparse
 import datetime
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -63,6 +64,7 @@ def training(args, device, uri: str, peak: float) -> tuple[str, str]:
     rows, knob_rows = [], []
     for name in args.models:
         overrides, batch, patch = bt.MODELS[name]
+        batch, patch = args.batch or batch, args.patch or patch
         s = bt.setup(name, overrides, batch, patch, device=str(device))
         bt.bare_its(s, 2)  # warm-up: kernel selection, allocator
         steps = args.steps or steps_for(s, args.seconds, 10)
@@ -70,23 +72,29 @@ def training(args, device, uri: str, peak: float) -> tuple[str, str]:
         with tracking.run(uri, "bench", params={"model": name}, tags={}) as log:
             for _ in range(args.rounds):  # alternating: machine drift hits all alike
                 bare.append(bt.bare_its(s, steps))
-                full.append(bt.full_its(s, steps, log.log_metrics))
+                with bt.GpuUtilisation(device) as util:
+                    full.append(bt.full_its(s, steps, log.log_metrics))
                 if not args.no_lightning:
                     light.append(bt.lightning_its(s, steps, uri))
         b, f = max(bare), max(full)  # best round of each: the least disturbed
+        # ratios of the paths' rounds run back to back, then their median: drift that spans
+        # rounds cancels out, a disturbed round does not decide
+        ratio = statistics.median(x / y for x, y in zip(full, bare))
         gflop = bt.step_gflop(s)
-        li = f"{max(light):.3f} ({f / max(light):.2f}x)" if light else "not run"
+        li = (f"{max(light):.3f} ({statistics.median(x / y for x, y in zip(full, light)):.2f}x)"
+              if light else "not run")
         rows.append([name, f"{batch} x {patch}²", steps, f"{b:.3f}", f"{f:.3f}",
-                     f"**{f / b:.3f}**", li, f"{gflop:.1f}", f"{gflop * b:.0f}",
-                     f"{gflop * b / peak:.0%}"])
-        print(f"  {name}: bare {b:.3f}, sr_ablate {f:.3f} it/s (ratio {f / b:.3f}); "
-              f"Lightning {li}", file=sys.stderr)
+                     f"**{ratio:.3f}**", li, f"{gflop:.1f}", f"{gflop * b:.0f}",
+                     f"{gflop * b / peak:.0%}"] + ([util.mean()] if device.type == "cuda" else []))
+        print(f"  {name}: bare {bare}, sr_ablate {full}, Lightning {light} it/s", file=sys.stderr)
         if not args.no_knobs:
             knob_rows.append([name, *knobs(s, name, overrides, batch, patch, device, steps,
                                            args.rounds)])
     train = table(["model", "batch x LR patch", "steps/round", "bare it/s",
-                   "sr_ablate it/s", "ratio", "Lightning it/s (sr_ablate ×)",
-                   "GFLOP/step", "GFLOP/s (bare)", "of peak"], rows)
+                   "sr_ablate it/s", "ratio (median of rounds)",
+                   "Lightning it/s (sr_ablate ×, median)",
+                   "GFLOP/step", "GFLOP/s (bare)", "of peak"]
+                  + (["GPU utilisation (sr_ablate)"] if device.type == "cuda" else []), rows)
     knob = table(["model", "fp32 it/s", "channels_last", "compile (compile s)",
                   "bf16 autocast", "fp16 autocast"], knob_rows)
     return train, knob
@@ -124,7 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds; best kept")
     ap.add_argument("--seconds", type=float, default=3.0, help="length of one round")
     ap.add_argument("--steps", type=int, default=0, help="steps per round (0: from --seconds)")
+    ap.add_argument("--batch", type=int, default=0, help="batch size for every model "
+                    "(default: each model's; the paper recipe: 8)")
+    ap.add_argument("--patch", type=int, default=0, help="LR patch side for every model "
+                    "(default: each model's; the paper recipe: 64)")
     ap.add_argument("--jobs", type=int, default=4, help="jobs in the sweep timed for section 4")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="fixed cost: times each process is started (least kept)")
     ap.add_argument("--frames", type=int, default=30, help="live model: frames timed")
     ap.add_argument("--data", default=None, help="folder holding Set14 and BSD100 "
                     "(default: $SR_ABLATE_DATA, else ../shared/data)")
@@ -156,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                 out += ["\nKnobs, bare loop it/s relative to fp32 (trainer.channels_last, "
                         "trainer.compile, trainer.precision):\n", knob]
         if "startup" in args.only:
-            out += ["\n### Fixed cost\n", bench_costs.report(tmp, args.jobs, device)]
+            out += ["\n### Fixed cost\n", bench_costs.report(tmp, args.jobs, device,
+                                                                  args.repeats)]
         if "eval" in args.only:
             out += ["\n### Evaluation\n", bench_costs.evaluation(args.data)]
         if "live" in args.only:

@@ -80,28 +80,39 @@ def sweep_cmd(n: int, uri: str) -> list[str]:
             "trainer.eval_every=4", "trainer.progress=false", f"tracking.uri={uri}"]
 
 
-def report(tmp: str, jobs: int, device: torch.device) -> str:
+def report(tmp: str, jobs: int, device: torch.device, repeats: int = 3) -> str:
     """Process start -> first step (bare script, the same with MLflow, Lightning, one
-    sr_ablate run) and the cost of each further job of a sweep, in separate processes."""
+    sr_ablate run; least of ``repeats``) and the cost of each further job of a sweep."""
     from sr_ablate import tracking
-    bare = first_line_time(["-c", BARE])
-    mlflow = first_line_time(["-c", BARE_MLFLOW, f"sqlite:///{tmp}/bare.db"])
-    try:
-        light = first_line_time(["-c", LIGHTNING, f"sqlite:///{tmp}/lightning.db"])
-    except subprocess.CalledProcessError:
-        light = None
-    firsts, starts_of = {}, {}
-    for n in dict.fromkeys((1, jobs)):
-        cwd = Path(tmp) / f"sweep{n}"
-        cwd.mkdir()
+
+    def sr_ablate_runs(n: int, name: str):
+        cwd = Path(tmp) / name
+        cwd.mkdir(exist_ok=True)
         uri = f"sqlite:///{cwd}/mlflow.db"
         done = subprocess.run(sweep_cmd(n, uri), cwd=cwd, capture_output=True, text=True)
         if done.returncode:
-            return f"sweep failed (exit {done.returncode}): {done.stderr.strip()[-500:]}"
+            raise RuntimeError(f"exit {done.returncode}: {done.stderr.strip()[-500:]}")
         runs = tracking.runs_frame(uri).sort_values("start_time")
-        firsts[n] = list(runs.get("time/to_first_step_s", [float("nan")] * len(runs)))
-        starts_of[n] = [t / 1000 for t in runs["start_time"]]  # ms
-    first = firsts[1][0]
+        return (list(runs.get("time/to_first_step_s", [float("nan")] * len(runs))),
+                [t / 1000 for t in runs["start_time"]])  # ms -> s
+
+    # each process timed `repeats` times, interleaved, least disturbed kept
+    times: dict[str, list[float]] = {"bare": [], "mlflow": [], "light": [], "sr_ablate": []}
+    try:
+        for _ in range(repeats):
+            times["bare"].append(first_line_time(["-c", BARE]))
+            times["mlflow"].append(first_line_time(["-c", BARE_MLFLOW, f"sqlite:///{tmp}/b.db"]))
+            try:
+                times["light"].append(
+                    first_line_time(["-c", LIGHTNING, f"sqlite:///{tmp}/lightning.db"]))
+            except subprocess.CalledProcessError:
+                pass
+            times["sr_ablate"].append(sr_ablate_runs(1, "single")[0][-1])
+        firsts, starts = sr_ablate_runs(jobs, "sweep") if jobs > 1 else ([], [])
+    except RuntimeError as e:
+        return f"sr_ablate failed: {e}"
+    bare, mlflow, first = min(times["bare"]), min(times["mlflow"]), min(times["sr_ablate"])
+    light = min(times["light"]) if times["light"] else None
     rows = [["bare script: import torch + model, one Adam step", f"{bare:.2f}", "", ""],
             ["the same importing MLflow and opening a sqlite store first", f"{mlflow:.2f}",
              "", ""],
@@ -110,8 +121,7 @@ def report(tmp: str, jobs: int, device: torch.device) -> str:
             ["`python -m sr_ablate` (one job): process start -> first step", f"{first:.2f}",
              f"{first - bare:+.2f}; **{first - mlflow:+.2f}** over bare + MLflow", "≤ 2 s"]]
     if jobs > 1:
-        later = firsts[jobs][1:]
-        starts = list(starts_of[jobs])
+        later = firsts[1:]
         cycle = sorted(b - a for a, b in zip(starts, starts[1:]))
         rows += [[f"sweep of {jobs}: each further job, start -> first step (median)",
                   f"{sorted(later)[len(later) // 2]:.2f}", "", ""],

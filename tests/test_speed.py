@@ -111,7 +111,7 @@ def test_bench_command_prints_every_section_and_writes_markdown(tmp_path):
 
 @pytest.mark.slow
 def test_bench_fixed_cost_section(tmp_path):
-    out = cli(["--only", "startup", "--jobs", "2"], cwd=tmp_path, module="sr_ablate.bench",
+    out = cli(["--only", "startup", "--jobs", "2", "--repeats", "1"], cwd=tmp_path, module="sr_ablate.bench",
               timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "process start -> first step" in out.stdout and "one job to the next" in out.stdout
