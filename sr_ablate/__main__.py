@@ -120,6 +120,11 @@ def main() -> int:
     if multirun and cfg is not None:
         from sr_ablate import tracking
         uri = tracking.store_uri(cfg.tracking.uri, CWD)
+        try:
+            tracking.reachable(uri)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         definition = open(spec["path"]).read() if spec else " ".join(argv)
         # Create the store and the experiment here, once, before any parallel job starts.
         parent = tracking.start_parent(uri, cfg.tracking.experiment, uuid.uuid4().hex[:12],

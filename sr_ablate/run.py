@@ -173,6 +173,8 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
     from sr_ablate.launch import process_start
     started_at = process_start() if started_at is None else started_at
     check(cfg)
+    uri = tracking.store_uri(cfg.tracking.uri, cwd)
+    tracking.reachable(uri)  # before any work: a dead server is found now, not after training
     seed_everything(cfg.seed)
     device = pick_device(cfg.trainer.device)
     t = cfg.trainer
@@ -200,7 +202,6 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
     batches = data.batches(train_pairs, patch_size=t.patch_size, batch_size=t.batch_size,
                            seed=cfg.seed, device=device)
 
-    uri = tracking.store_uri(cfg.tracking.uri, cwd)
     params = {**(choices or {}), **flatten(cfg)}
     tags = {**eval_tags, **getattr(loss_fn, "tags", {}), "overrides": " ".join(overrides or []),
             "device": str(device), "torch.threads": torch.get_num_threads(),

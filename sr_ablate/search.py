@@ -195,6 +195,8 @@ def main(spec: dict, extra: list[str], cwd: str) -> int:
     cfg = preflight.validate(base)
     for more in space_overrides(opt["params"]):  # both ends of every range, every choice
         preflight.validate(base + more)
+    from sr_ablate import tracking
+    tracking.reachable(tracking.store_uri(cfg.tracking.uri, cwd))
     trials = opt.get("trials") if cfg.sweep.trials is None else cfg.sweep.trials
     if not isinstance(trials, int) or trials < 1:
         raise UserError(f"{spec['path']}: optuna.trials (or sweep.trials=N) must be a "

@@ -41,6 +41,27 @@ def store_uri(uri: str | None, cwd: str | Path | None = None) -> str:
     return f"sqlite:///{Path(cwd or os.getcwd()).resolve() / 'mlflow.db'}"
 
 
+def reachable(uri: str, timeout: float = 5.0) -> None:
+    """Raise UserError (one line) when ``uri`` is an http(s) tracking server that does not
+    answer, so a run stops before any work instead of failing after its training."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    from sr_ablate import UserError
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # something answered (a proxy asking for a login, no /health route): reachable
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise UserError(f"MLflow tracking server {uri} does not answer ({reason}); start it "
+                        "(mlflow server --host 127.0.0.1 --port 5000) or set "
+                        "tracking.uri=sqlite:///mlflow.db") from None
+
+
 def _artifact_root(uri: str) -> str | None:
     # sqlite stores otherwise put artifacts in ./mlruns of whatever the cwd is: keep them
     # next to the database instead.

@@ -75,3 +75,21 @@ def test_sweep_through_a_tracking_server(tmp_path, server):
     # a re-run of the sweep sees the server's FINISHED runs and skips them
     again = cli(sweep, work, env={"MLFLOW_TRACKING_URI": server})
     assert again.returncode == 0 and "0 ran, 2 skipped" in again.stderr, again.stderr[-2000:]
+
+
+@pytest.mark.parametrize("how", [[], ["-m", "seed=0,1"], ["sweep=srresnet_optuna"]],
+                         ids=["run", "grid", "optuna"])
+def test_unreachable_server_is_one_line_before_any_work(tmp_path, how):
+    """Nothing listens on the port: the command stops at once, before training."""
+    uri = f"http://127.0.0.1:{free_port()}"
+    t = time.perf_counter()
+    out = cli([*how, *TINY], tmp_path, env={"MLFLOW_TRACKING_URI": uri}, timeout=120)
+    took = time.perf_counter() - t
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: MLflow tracking server {uri} does not answer ([Errno 111] "
+                      "Connection refused); start it (mlflow server --host 127.0.0.1 --port "
+                      "5000) or set tracking.uri=sqlite:///mlflow.db"], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "optuna.db").exists()
+    print(f"stopped after {took:.1f} s")
