@@ -141,9 +141,11 @@ def run(uri: str, experiment: str, *, params: dict, tags: dict, name: str | None
         client.set_terminated(run_id, "KILLED")
         raise
     except KeyboardInterrupt:
+        client.set_tag(run_id, "sr_ablate.stopped", "interrupted (Ctrl-C)")
         client.set_terminated(run_id, "KILLED")
         raise
-    except BaseException:
+    except BaseException as e:  # why, in one line (a non-finite loss says at which step)
+        client.set_tag(run_id, "sr_ablate.error", f"{type(e).__name__}: {e}"[:5000])
         client.set_terminated(run_id, "FAILED")
         raise
     else:

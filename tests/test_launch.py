@@ -136,3 +136,21 @@ def test_slurm_launcher_config_composes(tmp_path):
     assert "SlurmLauncher" in out.stdout and "partition: gpu" in out.stdout
     assert "gpus_per_node: 1" in out.stdout
     assert (REPO / "conf" / "hydra" / "launcher" / "slurm.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_four_parallel_jobs_write_twenty_runs_to_one_fresh_store(tmp_path):
+    """20 jobs, 4 processes at a time, one sqlite file created by the launching process:
+    every run lands FINISHED with all its metrics; nothing is lost to a locked database."""
+    seeds = ",".join(str(i) for i in range(20))
+    out = cli(["-m", *TINY, "tracking.checkpoint=false", f"seed={seeds}",
+               "hydra/launcher=joblib", "hydra.launcher.n_jobs=4"], tmp_path, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "20 job(s): 20 ran" in out.stderr
+    client, runs, parents = _children(tmp_path)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(int(r.data.params["seed"]) for r in runs) == list(range(20))
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        for key in ("train/loss", "val/psnr"):
+            assert [m.step for m in client.get_metric_history(r.info.run_id, key)] == [2, 4]
