@@ -54,6 +54,7 @@ class TrainerConf:
     precision: str = "fp32"        # fp32 | bf16 (autocast) | fp16 (autocast + gradient scaling)
     channels_last: bool = False    # NHWC weights/activations
     compile: bool = False          # torch.compile the training forward/backward
+    checkpoint_every: int = 0      # steps between resumable checkpoints; 0: at every evaluation
 
 
 @dataclass
@@ -102,6 +103,7 @@ class RootConf:
     scale: Union[int, float] = 2
     study: Optional[str] = None    # set by sweep files: the study a run belongs to
     variant: Optional[str] = None  # set by sweep files: the variant's name within the study
+    resume: bool = False           # continue this config's interrupted run from its checkpoint
 
 
 ConfigStore.instance().store(name="schema", node=RootConf)
@@ -214,7 +216,7 @@ def flatten(cfg: DictConfig | dict, prefix: str = "", private: bool = False) -> 
 
 
 # Settings that say where or how a run is launched and shown, not what it computes.
-NOT_HASHED = ("tracking.", "sweep.", "trainer.progress", "trainer.device", "eval.format",
+NOT_HASHED = ("resume", "tracking.", "sweep.", "trainer.progress", "trainer.device", "eval.format",
               "eval.data")
 
 

@@ -7,8 +7,8 @@ input leaves no run behind; a failure after that ends the run FAILED.
 from __future__ import annotations
 
 import csv
-import os
 import random
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -17,7 +17,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sr_ablate import UserError, complexity, data, tracking
+from sr_ablate import UserError, checkpoint, complexity, data, tracking
+from sr_ablate.checkpoint import save_atomic
 from sr_ablate.config import check, config_hash, flatten
 from sr_ablate.degrade import crop_multiple
 from sr_ablate.evaluate import (Evaluator, Protocol, files_sha256, fingerprint, model_channels,
@@ -91,13 +92,6 @@ def evaluate_all(evaluators: list[Evaluator]):
             out.update(ev(model))
         return out
     return eval_fn
-
-
-def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def comparison_image(ev: Evaluator, crop: int = 96) -> torch.Tensor:
@@ -201,6 +195,19 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
     loss_fn = build(cfg.loss).to(device)  # may stop here: e.g. VGG weights missing
     batches = data.batches(train_pairs, patch_size=t.patch_size, batch_size=t.batch_size,
                            seed=cfg.seed, device=device)
+    ckpt = checkpoint.path_for(cwd, config_hash(cfg))
+    state = checkpoint.load(ckpt) if cfg.resume and ckpt.exists() else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        batches.load_state_dict(state["batches"])
+        print(f"sr_ablate: resuming run {state['run_id']} at step {state['step']}",
+              file=sys.stderr)
+    elif cfg.resume:
+        print("sr_ablate: resume=true, but this configuration has no checkpoint: starting it",
+              file=sys.stderr)
 
     params = {**(choices or {}), **flatten(cfg)}
     tags = {**eval_tags, **getattr(loss_fn, "tags", {}), "overrides": " ".join(overrides or []),
@@ -209,20 +216,42 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
     if cfg.study:
         tags["sr_ablate.study"] = cfg.study
     name = " ".join(overrides) if overrides else None
-    with tracking.run(uri, cfg.tracking.experiment, params=params, tags=tags, name=name) as log:
+    with tracking.run(uri, cfg.tracking.experiment, params=params, tags=tags, name=name,
+                      resume_run_id=state and state["run_id"]) as log:
         if on_start is not None:
             on_start(log.run_id)
+        # a resumed run logs only the steps it had not logged before it stopped
+        done = log.last_step() if state else -1
+        log_fn = log.log_metrics if state is None else (
+            lambda step, m: log.log_metrics(step, m) if step > done else None)
         cost, cost_tags = complexity_metrics(model, cfg, device)
-        log.set_tags(cost_tags)
-        log.log_metrics(0, cost)
+        if state is None:
+            log.set_tags(cost_tags)
+        log_fn(0, cost)
+
+        def save(step: int, loop: dict) -> None:
+            checkpoint.save_atomic({
+                "step": step, "loop": loop, "run_id": log.run_id, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "batches": batches.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "rng": checkpoint.rng_state()}, ckpt)
+
+        if state is not None:
+            checkpoint.set_rng_state(state["rng"])
         # compiled for training only: evaluation sees whole images of every size (no recompiles)
         trained = torch.compile(model) if t.compile else model
         evaluate = evaluate_all(evaluators)
-        result = fit(trained, batches, optimizer, steps=t.steps, loss_fn=loss_fn,
-                     eval_fn=lambda _: evaluate(model), log_fn=log.log_metrics,
-                     eval_every=t.eval_every, log_every=t.log_every, grad_clip=t.grad_clip,
-                     clip_mode=t.clip_mode, scheduler=scheduler, device=device,
-                     progress=t.progress, on_eval=on_eval, started_at=started_at,
-                     autocast=AUTOCAST[t.precision])
+        with checkpoint.stop_on_signals() as stop_requested:
+            result = fit(trained, batches, optimizer, steps=t.steps, loss_fn=loss_fn,
+                         eval_fn=lambda _: evaluate(model), log_fn=log_fn,
+                         eval_every=t.eval_every, log_every=t.log_every, grad_clip=t.grad_clip,
+                         clip_mode=t.clip_mode, scheduler=scheduler, device=device,
+                         progress=t.progress, on_eval=on_eval, started_at=started_at,
+                         autocast=AUTOCAST[t.precision],
+                         start_step=state["step"] if state else 0,
+                         loop_state=state["loop"] if state else None, checkpoint_fn=save,
+                         checkpoint_every=t.checkpoint_every or t.eval_every,
+                         stop_requested=stop_requested)
         log_outputs(log, cfg, model, evaluators, t.steps)
+    checkpoint.remove(ckpt)  # finished: nothing left to resume
     return {**result, **cost}

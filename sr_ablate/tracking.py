@@ -107,16 +107,36 @@ class RunLog:
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), folder)
 
+    def last_step(self, key: str = "train/loss") -> int:
+        """The highest step ``key`` was logged at (-1 if never): where a resumed run's
+        logging picks up, so no step is logged twice."""
+        return max((m.step for m in self.client.get_metric_history(self.run_id, key)),
+                   default=-1)
+
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 @contextmanager
 def run(uri: str, experiment: str, *, params: dict, tags: dict, name: str | None = None,
-        parent_run_id: str | None = None) -> Iterator[RunLog]:
-    """Open a run, yield its ``RunLog``; it ends FINISHED, FAILED on error, KILLED on Ctrl-C."""
+        parent_run_id: str | None = None, resume_run_id: str | None = None
+        ) -> Iterator[RunLog]:
+    """Open a run, yield its ``RunLog``; it ends FINISHED, FAILED on error, KILLED on Ctrl-C.
+    ``resume_run_id``: reopen that run instead (its params and tags stay as they are)."""
     os.environ.pop("MLFLOW_RUN_ID", None)  # a stale id would hijack the run (design notes section 4)
     client = MlflowClient(uri)
+    if resume_run_id:
+        from sr_ablate import UserError
+        try:
+            client.get_run(resume_run_id)
+        except mlflow.exceptions.MlflowException:
+            raise UserError(f"the checkpoint belongs to MLflow run {resume_run_id}, which is "
+                            f"not in {uri}; use the same tracking.uri or resume=false") from None
+        client.update_run(resume_run_id, status="RUNNING")
+        client.set_tag(resume_run_id, "sr_ablate.resumed", "true")
+        with _ending(client, resume_run_id):
+            yield RunLog(client, resume_run_id)
+        return
     tags = dict(tags)
     parent_run_id = parent_run_id or os.environ.get(PARENT_ENV)
     if parent_run_id:
@@ -135,13 +155,25 @@ def run(uri: str, experiment: str, *, params: dict, tags: dict, name: str | None
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # log_batch takes at most 100 params
             client.log_batch(run_id, params=items[i:i + 100])
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    with _ending(client, run_id):
         yield RunLog(client, run_id)
+
+
+@contextmanager
+def _ending(client: MlflowClient, run_id: str) -> Iterator[None]:
+    """End the run by how the block ends: FINISHED, KILLED (pruned, Ctrl-C, SIGTERM) or
+    FAILED with the reason as a tag."""
+    try:
+        yield
     except Stopped as e:  # on purpose (pruned): not a failure, not finished either
         client.set_tag(run_id, "sr_ablate.stopped", str(e))
         client.set_terminated(run_id, "KILLED")
         raise
-    except KeyboardInterrupt:
-        client.set_tag(run_id, "sr_ablate.stopped", "interrupted (Ctrl-C)")
+    except KeyboardInterrupt as e:
+        client.set_tag(run_id, "sr_ablate.stopped", str(e) or "interrupted (Ctrl-C)")
         client.set_terminated(run_id, "KILLED")
         raise
     except BaseException as e:  # why, in one line (a non-finite loss says at which step)

@@ -17,6 +17,10 @@ class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Training stopped at a step boundary on SIGINT/SIGTERM, after its checkpoint."""
+
+
 def clip_gradients(params, optimizer: torch.optim.Optimizer, value: float | None,
                    mode: str = "norm") -> None:
     """Clip gradients: ``norm`` (total L2 norm <= value), ``value`` (each in [-value, value])
@@ -38,8 +42,10 @@ def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.
         eval_every: int = 0, log_every: int = 10, grad_clip: float | None = None,
         clip_mode: str = "norm", scheduler=None, device: str | torch.device = "cpu",
         progress: bool = True, on_eval: LogFn | None = None,
-        started_at: float | None = None, autocast: torch.dtype | None = None
-        ) -> dict[str, float]:
+        started_at: float | None = None, autocast: torch.dtype | None = None,
+        start_step: int = 0, loop_state: dict | None = None,
+        checkpoint_fn: Callable[[int, dict], None] | None = None, checkpoint_every: int = 0,
+        stop_requested: Callable[[], bool] | None = None) -> dict[str, float]:
     """Train ``model`` for ``steps`` optimiser steps on ``batches`` ({"lq", "gt"} in [0, 1]).
 
     ``scheduler`` (a torch LR scheduler, or None) is stepped after every optimiser step;
@@ -54,6 +60,10 @@ def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.
     fp16 also scales the loss (``GradScaler``) so small gradients do not flush to zero.
     ``started_at`` (a ``time.time()``): the first log also holds ``time/to_first_step_s``,
     the seconds from then to the end of the first step (the job's fixed cost).
+    Checkpoints: ``checkpoint_fn(step, loop_state)`` every ``checkpoint_every`` steps, at
+    the end, and when ``stop_requested()`` turns true (then ``Interrupted`` is raised);
+    ``loop_state`` is the running loss not yet logged. ``start_step`` and ``loop_state``
+    continue a run from such a checkpoint.
     Returns the last logged value of every metric.
     """
     log_fn = log_fn or (lambda step, m: None)
@@ -62,12 +72,13 @@ def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.
     amp = torch.autocast(kind, dtype=autocast) if autocast is not None else nullcontext()
     scaler = torch.amp.GradScaler(kind) if autocast == torch.float16 else None
     last: dict[str, float] = {}
-    running = torch.zeros((), device=device)
-    since = 0
-    bar = tqdm(total=steps, disable=not progress, dynamic_ncols=True, unit="it", leave=True)
+    running = torch.tensor(float((loop_state or {}).get("running", 0.0)), device=device)
+    since = int((loop_state or {}).get("since", 0))
+    bar = tqdm(total=steps, initial=start_step, disable=not progress, dynamic_ncols=True,
+               unit="it", leave=True)
     with bar:  # closed however training ends (finished, stopped, non-finite loss)
         t0 = time.perf_counter()
-        for step in range(1, steps + 1):
+        for step in range(start_step + 1, steps + 1):
             batch = next(batches)
             lq = batch["lq"].to(device, non_blocking=True)
             gt = batch["gt"].to(device, non_blocking=True)
@@ -88,7 +99,7 @@ def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.
                 scheduler.step()
             running += loss.detach()
             since += 1
-            if step == 1 and started_at is not None:
+            if step == start_step + 1 and started_at is not None:
                 if torch.device(device).type == "cuda":
                     torch.cuda.synchronize(device)  # once: the step has really run
                 first_step = {"time/to_first_step_s": time.time() - started_at}
@@ -100,7 +111,7 @@ def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.
                 if not math.isfinite(value):
                     raise NonFiniteLoss(f"training loss is {value} at step {step}")
                 metrics = {"train/loss": value, "train/lr": optimizer.param_groups[0]["lr"]}
-                if step == since and started_at is not None:  # the first log
+                if step - start_step == since and started_at is not None:  # the first log
                     metrics.update(first_step)
                 running.zero_()
                 since = 0
@@ -115,4 +126,10 @@ def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.
                 bar.set_postfix(post, refresh=False)
                 if do_eval and on_eval is not None:
                     on_eval(step, metrics)
+            stop = stop_requested is not None and stop_requested()
+            if checkpoint_fn is not None and (stop or step == steps or (
+                    checkpoint_every and step % checkpoint_every == 0)):
+                checkpoint_fn(step, {"running": running.item(), "since": since})
+            if stop:
+                raise Interrupted(f"interrupted at step {step} (checkpoint saved)")
     return last

@@ -74,6 +74,7 @@ def test_single_run_progress_bar_and_no_parent(tmp_path):
     assert r.info.status == "FINISHED" and "mlflow.parentRunId" not in r.data.tags
 
 
+@pytest.mark.slow
 def test_a_diverging_job_fails_with_its_step_and_the_sweep_goes_on(tmp_path):
     """optim.lr=1e30 makes the loss non-finite at the first log: that run ends FAILED with
     the step and reason as a tag; the other job of the sweep still runs and finishes."""

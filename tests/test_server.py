@@ -77,7 +77,8 @@ def test_sweep_through_a_tracking_server(tmp_path, server):
     assert again.returncode == 0 and "0 ran, 2 skipped" in again.stderr, again.stderr[-2000:]
 
 
-@pytest.mark.parametrize("how", [[], ["-m", "seed=0,1"], ["sweep=srresnet_optuna"]],
+@pytest.mark.parametrize("how", [[], pytest.param(["-m", "seed=0,1"], marks=pytest.mark.slow),
+                                 pytest.param(["sweep=srresnet_optuna"], marks=pytest.mark.slow)],
                          ids=["run", "grid", "optuna"])
 def test_unreachable_server_is_one_line_before_any_work(tmp_path, how):
     """Nothing listens on the port: the command stops at once, before training."""

@@ -1,0 +1,121 @@
+"""Interrupted runs resume to the same result: real processes, real signals, a real store."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from sr_ablate import checkpoint
+
+from conftest import TINY, cli
+
+
+def start(args, cwd):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SR_ABLATE_"))}
+    return subprocess.Popen([sys.executable, "-m", "sr_ablate", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def only_run(cwd):
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sr_ablate")
+    (r,) = client.search_runs([exp.experiment_id])
+    return client, r
+
+
+def wait_for_checkpoint(cwd, step, proc, timeout=180):
+    """Wait until the run's checkpoint holds ``step`` or later; returns its step. (The
+    checkpoint, not the store, is watched: opening a sqlite store while the run creates it
+    races in MLflow's schema migration.)"""
+    end = time.time() + timeout
+    while time.time() < end:
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        for path in (cwd / ".sr_ablate" / "checkpoints").glob("*.pt"):
+            try:
+                at = checkpoint.load(path)["step"]
+            except Exception:
+                continue  # replaced while we read it
+            if at >= step:
+                return at
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint at step {step} appeared")
+
+
+def history(client, run_id, key):
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key),
+                                               key=lambda m: m.step)]
+
+
+LONG = [*TINY, "tracking.checkpoint=false", "trainer.steps=400", "trainer.log_every=10",
+        "trainer.eval_every=200", "trainer.checkpoint_every=50"]
+
+
+def test_sigterm_saves_a_checkpoint_ends_killed_and_resume_finishes_the_same_run(tmp_path):
+    proc = start(LONG, tmp_path)
+    wait_for_checkpoint(tmp_path, 50, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode not in (0, None), err[-2000:]
+    assert "SIGTERM: stopping after this step with a checkpoint" in err
+    client, r = only_run(tmp_path)
+    assert r.info.status == "KILLED"
+    stopped = r.data.tags["sr_ablate.stopped"]
+    assert stopped.startswith("interrupted at step ") and stopped.endswith("(checkpoint saved)")
+    at = int(stopped.split()[3])
+    (ckpt,) = (tmp_path / ".sr_ablate" / "checkpoints").glob("*.pt")
+    state = checkpoint.load(ckpt)
+    assert state["step"] == at and state["run_id"] == r.info.run_id
+    assert not list(ckpt.parent.glob("*.tmp"))  # written whole, renamed into place
+    params = dict(r.data.params)
+
+    done = cli([*LONG, "resume=true"], tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resuming run {r.info.run_id} at step {at}" in done.stderr
+    client, again = only_run(tmp_path)  # still one run: the same one, finished
+    assert again.info.run_id == r.info.run_id and again.info.status == "FINISHED"
+    assert again.data.params == params  # params untouched
+    assert [s for s, _ in history(client, r.info.run_id, "train/loss")] == list(range(10, 401, 10))
+    assert [s for s, _ in history(client, r.info.run_id, "val/psnr")] == [200, 400]
+    assert not ckpt.exists()  # finished: nothing left to resume
+
+
+@pytest.mark.slow
+def test_resume_without_a_checkpoint_starts_the_run(tmp_path):
+    out = cli([*TINY, "resume=true"], tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "this configuration has no checkpoint: starting it" in out.stderr
+    assert only_run(tmp_path)[1].info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
+    """The acceptance test: SIGKILL mid-way (between checkpoints), resume, compare every
+    logged loss and the final evaluation with a run that was never interrupted."""
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    whole.mkdir(), cut.mkdir()
+    assert cli(LONG, whole, timeout=600).returncode == 0
+    proc = start(LONG, cut)
+    wait_for_checkpoint(cut, 100, proc)
+    time.sleep(0.5)  # into the next 50 steps: logged past the checkpoint, then killed
+    proc.kill()  # SIGKILL: no handler runs, the run stays RUNNING, the checkpoint is older
+    proc.wait(timeout=60)
+    client, r = only_run(cut)
+    assert r.info.status == "RUNNING"
+    killed_after = max(s for s, _ in history(client, r.info.run_id, "train/loss"))
+    state = checkpoint.load(next((cut / ".sr_ablate" / "checkpoints").glob("*.pt")))
+    assert state["step"] % 50 == 0 and state["step"] <= killed_after < 400
+    done = cli([*LONG, "resume=true"], cut, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    client_w, w = only_run(whole)
+    client_c, c = only_run(cut)
+    assert c.info.run_id == r.info.run_id and c.info.status == "FINISHED"
+    for key in ("train/loss", "val/psnr", "val/ssim"):
+        assert history(client_c, c.info.run_id, key) == history(client_w, w.info.run_id, key), key
+    print(f"killed after step {killed_after}, resumed from {state['step']}: val/psnr "
+          f"{c.data.metrics['val/psnr']} == {w.data.metrics['val/psnr']}")
