@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
 from sr_ablate import checkpoint
