@@ -92,6 +92,7 @@ def test_pairs_degraded_on_the_gpu_match_the_cpu():
     assert (cpu[0].lq.int() - gpu[0].lq.int()).abs().max() <= 1
 
 
+@pytest.mark.slow
 def test_bench_command_prints_every_section_and_writes_markdown(tmp_path):
     md = tmp_path / "BENCHMARKS.md"
     md.write_text("# notes kept\n<!-- bench:start -->\nold\n<!-- bench:end -->\ntail kept\n")
