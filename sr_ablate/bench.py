@@ -26,19 +26,13 @@ from pathlib import Path
 import torch
 
 from sr_ablate import bench_costs, bench_train as bt
+from sr_ablate.bench_costs import table
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
-def table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
-
-
 def machine(device: torch.device) -> str:
-    import hydra
-    import mlflow
-    import optuna
+    from importlib.metadata import version  # versions without importing MLflow here
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
@@ -48,8 +42,8 @@ def machine(device: torch.device) -> str:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
     return (f"{datetime.date.today()}, {cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} "
             f"torch threads), GPU: {gpu}; Python {platform.python_version()}, torch "
-            f"{torch.__version__}, mlflow {mlflow.__version__}, hydra {hydra.__version__}, "
-            f"optuna {optuna.__version__}")
+            f"{torch.__version__}, mlflow {version('mlflow')}, hydra {version('hydra-core')}, "
+            f"optuna {version('optuna')}")
 
 
 def steps_for(s: bt.Setup, seconds: float, log_every: int) -> int:

@@ -132,9 +132,10 @@ def report(tmp: str, jobs: int, device: torch.device, repeats: int = 3) -> str:
     return table(["what", "seconds", "sr_ablate's extra", "goal"], rows)
 
 
-def table(header, rows) -> str:
-    from sr_ablate.bench import table as t
-    return t(header, rows)
+def table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
 def data_folder(given: str | None) -> Path:

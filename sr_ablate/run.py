@@ -18,7 +18,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sr_ablate import UserError, checkpoint, complexity, data, tracking
-from sr_ablate.checkpoint import save_atomic
 from sr_ablate.config import check, config_hash, flatten
 from sr_ablate.degrade import crop_multiple
 from sr_ablate.evaluate import (Evaluator, Protocol, files_sha256, fingerprint, model_channels,
@@ -132,7 +131,7 @@ def log_outputs(log, cfg: DictConfig, model, evaluators: list[Evaluator], steps:
         for name in ("config.yaml", "per_image.csv", "comparison.png"):
             log.log_artifact(tmp / name)
         if cfg.tracking.checkpoint:
-            save_atomic({"model": model.state_dict(), "config": OmegaConf.to_container(
+            checkpoint.save_atomic({"model": model.state_dict(), "config": OmegaConf.to_container(
                 cfg, resolve=True), "step": steps}, tmp / "final.pt")
             log.log_artifact(tmp / "final.pt", "checkpoints")
 
@@ -195,7 +194,8 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
     loss_fn = build(cfg.loss).to(device)  # may stop here: e.g. VGG weights missing
     batches = data.batches(train_pairs, patch_size=t.patch_size, batch_size=t.batch_size,
                            seed=cfg.seed, device=device)
-    ckpt = checkpoint.path_for(cwd, config_hash(cfg))
+    cfg_hash = config_hash(cfg)
+    ckpt = checkpoint.path_for(cwd, cfg_hash)
     state = checkpoint.load(ckpt) if cfg.resume and ckpt.exists() else None
     if state is not None:
         model.load_state_dict(state["model"])
@@ -212,7 +212,7 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
     params = {**(choices or {}), **flatten(cfg)}
     tags = {**eval_tags, **getattr(loss_fn, "tags", {}), "overrides": " ".join(overrides or []),
             "device": str(device), "torch.threads": torch.get_num_threads(),
-            "sr_ablate.config_hash": config_hash(cfg), **(tags or {})}
+            "sr_ablate.config_hash": cfg_hash, **(tags or {})}
     if cfg.study:
         tags["sr_ablate.study"] = cfg.study
     name = " ".join(overrides) if overrides else None
