@@ -22,17 +22,27 @@ from sr_ablate import UserError
 
 
 def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written file.
+    A failed write (disk full) removes the temporary file, keeps the previous checkpoint and
+    raises UserError (one line)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    for attempt in range(2):  # a finishing job of the same sweep may remove an empty folder
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            torch.save(obj, tmp)
-            break
-        except FileNotFoundError:
-            if attempt:
-                raise
-    os.replace(tmp, path)
+    try:
+        for attempt in range(2):  # a finishing job of the same sweep may remove an empty folder
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                torch.save(obj, tmp)
+                break
+            except FileNotFoundError:
+                if attempt:
+                    raise
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+        kept = "the previous checkpoint is kept; " if path.exists() else ""
+        raise UserError(f"cannot write checkpoint {path} ({reason}); {kept}free disk space "
+                        "there (or run from a folder with room) and resume with resume=true"
+                        ) from None
 
 
 def remove(path: Path) -> None:
@@ -77,6 +87,56 @@ def load(path: Path) -> dict:
     except Exception as e:
         raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}); delete it to "
                         "start this configuration afresh, or run without resume=true") from None
+
+
+def load_weights(model: torch.nn.Module, weights: dict, path: Path) -> None:
+    """``model.load_state_dict(weights)``; UserError (one line) when the file holds another
+    architecture's weights."""
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{path} holds weights of another architecture than "
+                        f"{type(model).__name__} with these settings ({_mismatch(model, weights, e)}"
+                        "); use the configuration it was trained with, or delete it") from None
+
+
+def _mismatch(model: torch.nn.Module, weights, error: Exception) -> str:
+    """The first difference between the model's parameters and ``weights``, in words."""
+    if not isinstance(weights, dict):
+        return f"no state dict but a {type(weights).__name__}"
+    own = model.state_dict()
+    for key, value in own.items():
+        theirs = weights.get(key)
+        if theirs is None:
+            return f"{key} is missing"
+        if getattr(theirs, "shape", None) != value.shape:
+            shape = "x".join(map(str, getattr(theirs, "shape", ()))) or "no tensor"
+            return f"{key} is {shape} in the file, {'x'.join(map(str, value.shape))} here"
+    extra = [k for k in weights if k not in own]
+    if extra:
+        return f"unexpected {extra[0]}" + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")
+    return type(error).__name__
+
+
+def restore(state: dict, path: Path, model, optimizer, scheduler, batches) -> None:
+    """Put a resumable checkpoint's model, optimiser, scheduler and sampler states back;
+    UserError (one line) when the file is no resumable checkpoint of this configuration."""
+    missing = [k for k in ("model", "optimizer", "scheduler", "batches", "rng", "step", "loop",
+                           "run_id") if k not in (state if isinstance(state, dict) else {})]
+    if missing:
+        raise UserError(f"{path} is not a resumable checkpoint (no {', '.join(missing)}); "
+                        "delete it to start this configuration afresh, or run without "
+                        "resume=true")
+    load_weights(model, state["model"], path)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        batches.load_state_dict(state["batches"])
+    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as e:
+        raise UserError(f"{path} was written with other optimiser, scheduler or data "
+                        f"settings ({type(e).__name__}); delete it, or run without "
+                        "resume=true") from None
 
 
 @contextmanager

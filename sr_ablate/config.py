@@ -156,9 +156,27 @@ def check_target(group: str, node: DictConfig) -> None:
                             f"valid keys: {', '.join(valid)}")
         value = node[key]
         if not _type_ok(value, hints.get(key, sig.parameters[key].annotation)):
+            if group == "model" and key == "scale":  # a model/scale pair that cannot work
+                raise UserError(f"scale={value} does not suit {cls.__name__}, which takes whole "
+                                "scales; use scale=2, 3 or 4, or a model that takes fractional "
+                                "scales (model=espcn, srcnn, srcnn_rnn or vdsr)")
             want = getattr(hints.get(key), "__name__", str(hints.get(key)))
             raise UserError(f"{group}.{key}={value!r} has the wrong type; give a value of "
                             f"type {want}")
+
+
+def check_model_builds(node: DictConfig) -> None:
+    """Build the model once (milliseconds): settings that cannot work together (SRResNet at
+    scale 5, an unknown upsampler) are found before any work, as one line."""
+    kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
+              if not k.startswith("_")}
+    import torch
+    try:
+        with torch.random.fork_rng(devices=[]):  # weight init must not move anyone's seed
+            _target(node)(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"the model settings cannot work together: {e}; change model.* or "
+                        "scale (or pick another model=)") from None
 
 
 TARGETS = ("model", "loss", "optim", "sched")
@@ -178,6 +196,8 @@ def check(cfg: DictConfig, targets: tuple[str, ...] = TARGETS) -> None:
     for group in targets:
         if cfg[group].get("_target_"):
             check_target(group, cfg[group])
+    if "model" in targets:
+        check_model_builds(cfg.model)
     lr = cfg.optim.get("lr")
     if lr is not None and lr <= 0:
         raise UserError(f"optim.lr={lr} must be positive")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from sr_ablate import UserError
+from sr_ablate import UserError, checkpoint
 
 
 def load_model(spec: str, uri: str, scale: int, device) -> torch.nn.Module | None:
@@ -49,7 +49,7 @@ def _from_checkpoint(path: Path, scale: int, device, build_model) -> torch.nn.Mo
     if trained != scale:
         raise UserError(f"the model was trained for scale={trained}; pass scale={trained}")
     model = build_model(model_cfg)
-    model.load_state_dict(ckpt["model"])
+    checkpoint.load_weights(model, ckpt["model"], path)
     return model.to(device).eval()
 
 

@@ -198,11 +198,7 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
     ckpt = checkpoint.path_for(cwd, cfg_hash)
     state = checkpoint.load(ckpt) if cfg.resume and ckpt.exists() else None
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        batches.load_state_dict(state["batches"])
+        checkpoint.restore(state, ckpt, model, optimizer, scheduler, batches)
         print(f"sr_ablate: resuming run {state['run_id']} at step {state['step']}",
               file=sys.stderr)
     elif cfg.resume:

@@ -62,7 +62,8 @@ def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.
     the seconds from then to the end of the first step (the job's fixed cost).
     Checkpoints: ``checkpoint_fn(step, loop_state)`` every ``checkpoint_every`` steps, at
     the end, and when ``stop_requested()`` turns true (then ``Interrupted`` is raised);
-    ``loop_state`` is the running loss not yet logged. ``start_step`` and ``loop_state``
+    ``loop_state`` is the running loss not yet logged and the fp16 ``GradScaler``'s state
+    (its loss scale). ``start_step`` and ``loop_state``
     continue a run from such a checkpoint.
     Returns the last logged value of every metric.
     """
@@ -71,6 +72,8 @@ def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.
     kind = torch.device(device).type
     amp = torch.autocast(kind, dtype=autocast) if autocast is not None else nullcontext()
     scaler = torch.amp.GradScaler(kind) if autocast == torch.float16 else None
+    if scaler is not None and (loop_state or {}).get("scaler"):
+        scaler.load_state_dict(loop_state["scaler"])  # its loss scale, as learnt so far
     last: dict[str, float] = {}
     running = torch.tensor(float((loop_state or {}).get("running", 0.0)), device=device)
     since = int((loop_state or {}).get("since", 0))
@@ -129,7 +132,8 @@ def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.
             stop = stop_requested is not None and stop_requested()
             if checkpoint_fn is not None and (stop or step == steps or (
                     checkpoint_every and step % checkpoint_every == 0)):
-                checkpoint_fn(step, {"running": running.item(), "since": since})
+                checkpoint_fn(step, {"running": running.item(), "since": since,
+                                     "scaler": scaler.state_dict() if scaler else None})
             if stop:
                 raise Interrupted(f"interrupted at step {step} (checkpoint saved)")
     return last

@@ -65,6 +65,11 @@ def test_scale_reaches_the_model(compose):
     (["data.color=cmyk"], "data.color='cmyk' is not valid; use one of: auto, rgb, y"),
     (["data.color=y"], "set model.in_channels=1"),
     (["data=folder"], "data=folder needs data.root"),
+    (["scale=1.5"], "scale=1.5 does not suit SRResNet, which takes whole scales; use scale=2"),
+    (["scale=5"], "cannot work together: SRResNet supports scale 2, 3 or 4, got 5"),
+    (["model=edsr_baseline", "scale=8"], "EDSR supports scale 2, 3 or 4, got 8; change model"),
+    (["model.upsampler=nearest"], "upsampler must be 'pixelshuffle' or 'bicubic'"),
+    (["model=espcn", "scale=1.3"], "ESPCN needs a scale >= 1 that is an integer or a ratio"),
 ])
 def test_bad_overrides_give_one_line(argv, expected):
     with pytest.raises(UserError) as e:

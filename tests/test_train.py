@@ -43,3 +43,43 @@ def test_schedules_from_config_are_stepped_by_fit(compose, sched, expected):
     # logged after 3 steps: step decayed once (x0.1), cosine half way (0.05)
     assert logged[0] == pytest.approx(0.01 if sched == "step" else 0.05)
     assert opt.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_fp16_resume_keeps_the_loss_scale_so_it_matches_an_uninterrupted_run():
+    """The GradScaler's scale travels in the checkpoint: a resumed fp16 run neither re-skips
+    the overflowing steps the first part already skipped nor trains differently."""
+    def batches(seed):
+        g = torch.Generator().manual_seed(seed)
+        return iter(lambda: {"lq": torch.rand(2, 1, 8, 8, generator=g),
+                             "gt": torch.rand(2, 1, 8, 8, generator=g)}, None)
+
+    def train(start_step=0, loop_state=None, weights=None, skip=0):
+        torch.manual_seed(0)
+        model = torch.nn.Conv2d(1, 1, 3, padding=1)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        if weights:
+            model.load_state_dict(weights["model"])
+            opt.load_state_dict(weights["optimizer"])
+        data = batches(0)
+        for _ in range(skip):
+            next(data)
+        saved = {}
+
+        def save(step, loop):
+            saved[step] = {"loop": loop, "model": {k: v.clone() for k, v in
+                                                   model.state_dict().items()},
+                           "optimizer": opt.state_dict()}
+        # a huge loss overflows fp16 gradients at the start scale (65536): the scaler halves
+        fit(model, data, opt, steps=12, progress=False, autocast=torch.float16,
+            loss_fn=lambda out, gt: ((out - gt) ** 2).mean() * 1e3, start_step=start_step,
+            loop_state=loop_state, checkpoint_fn=save, checkpoint_every=6)
+        return model, saved
+
+    whole, saved = train()
+    scale = saved[6]["loop"]["scaler"]["scale"]
+    assert scale < 65536.0  # it did back off: the state is worth keeping
+    resumed, _ = train(6, saved[6]["loop"], saved[6], skip=6)
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    fresh, _ = train(6, {**saved[6]["loop"], "scaler": None}, saved[6], skip=6)
+    assert any(not torch.equal(a, b) for a, b in zip(whole.parameters(), fresh.parameters()))
