@@ -62,6 +62,7 @@ class TrackingConf:
     uri: Optional[str] = None      # default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
     experiment: str = "sr_ablate"
     checkpoint: bool = True        # log the final checkpoint as an artifact
+    flush_timeout: float = 600     # s a finished run waits for a tracking server that is down
 
 
 @dataclass

@@ -216,6 +216,8 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
                       resume_run_id=state and state["run_id"]) as log:
         if on_start is not None:
             on_start(log.run_id)
+        if state is not None:  # what the server had not received when the checkpoint was saved
+            log.resend(state.get("unsent", []))
         # a resumed run logs only the steps it had not logged before it stopped
         done = log.last_step() if state else -1
         log_fn = log.log_metrics if state is None else (
@@ -230,7 +232,7 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
                 "step": step, "loop": loop, "run_id": log.run_id, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "batches": batches.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "rng": checkpoint.rng_state()}, ckpt)
+                "rng": checkpoint.rng_state(), "unsent": log.unsent()}, ckpt)
 
         if state is not None:
             checkpoint.set_rng_state(state["rng"])
@@ -248,6 +250,16 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
                          loop_state=state["loop"] if state else None, checkpoint_fn=save,
                          checkpoint_every=t.checkpoint_every or t.eval_every,
                          stop_requested=stop_requested)
+        if not result:  # resumed after its last step: outputs for the artifacts, not logged
+            result = evaluate(model)
+        unsent = log.flush(cfg.tracking.flush_timeout)
+        if unsent:  # the server is still down: keep them where resume=true finds them
+            checkpoint.save_atomic({**checkpoint.load(ckpt), "unsent": unsent}, ckpt)
+            raise UserError(f"tracking server {uri} has not answered for "
+                            f"{cfg.tracking.flush_timeout:g} s: training finished, but "
+                            f"{len(unsent)} metric values are not in MLflow yet; they are kept "
+                            f"in {ckpt}: once the server is back, run the same command with "
+                            "resume=true to send them and end the run")
         log_outputs(log, cfg, model, evaluators, t.steps)
     checkpoint.remove(ckpt)  # finished: nothing left to resume
     return {**result, **cost}

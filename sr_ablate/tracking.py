@@ -5,9 +5,12 @@ sweeps, parent runs and child runs never step on each other.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import random
 import subprocess
+import sys
 import time
 import uuid
 from contextlib import contextmanager
@@ -20,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from sr_ablate import Stopped
+from sr_ablate.outbox import Outbox
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reports fetch many
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter about table creation
@@ -62,6 +66,47 @@ def reachable(uri: str, timeout: float = 5.0) -> None:
                         "tracking.uri=sqlite:///mlflow.db") from None
 
 
+class _Retrying:
+    """An MlflowClient whose calls are retried with backoff while another process holds the
+    sqlite store's lock longer than MLflow waits (20 s per call): many parallel jobs on one
+    store slow down instead of failing."""
+    DELAYS = (0.5, 1, 2, 4, 8, 16)
+
+    def __init__(self, client: MlflowClient):
+        self._client = client
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            for delay in (*self.DELAYS, None):
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as e:  # a locked database never committed: safe to repeat
+                    if delay is None or "database is locked" not in str(e):
+                        raise
+                    time.sleep(delay * random.uniform(1, 1.5))  # jitter: jobs retry apart
+        return call
+
+
+def client_for(uri: str) -> MlflowClient:
+    """The client of the store at ``uri`` (retrying while a sqlite store is locked)."""
+    client = MlflowClient(uri)
+    return _Retrying(client) if uri.startswith("sqlite:") else client
+
+
+def _transient(error: Exception) -> bool:
+    """True for a tracking server that does not answer (connection refused, timeout, 5xx),
+    false for one that answers with a refusal (bad request, no such run)."""
+    from mlflow.exceptions import RestException
+    if isinstance(error, RestException):
+        return error.error_code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE")
+    return isinstance(error, (mlflow.exceptions.MlflowException, OSError))
+
+
 def _artifact_root(uri: str) -> str | None:
     # sqlite stores otherwise put artifacts in ./mlruns of whatever the cwd is: keep them
     # next to the database instead.
@@ -72,7 +117,7 @@ def _artifact_root(uri: str) -> str | None:
 
 def experiment_id(uri: str, name: str) -> str:
     """Create (once) or look up experiment ``name`` in the store at ``uri``; returns its id."""
-    client = MlflowClient(uri)
+    client = client_for(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -94,15 +139,52 @@ def git_commit() -> str | None:
 
 
 class RunLog:
-    """Logging handle of one open run: ``log_metrics`` is the ``log_fn`` that ``fit`` takes."""
+    """Logging handle of one open run: ``log_metrics`` is the ``log_fn`` that ``fit`` takes.
 
-    def __init__(self, client: MlflowClient, run_id: str):
+    With a tracking server (http/https), metrics go through an ``Outbox``: a server that
+    stops answering mid-run does not stop training, and its metrics are sent once it is
+    back; ``flush`` says what is still unsent (a checkpoint keeps it: ``resend``)."""
+
+    def __init__(self, client: MlflowClient, run_id: str, uri: str = ""):
         self.client, self.run_id = client, run_id
+        self.outbox = Outbox(lambda batch: client.log_batch(run_id, metrics=batch), _transient,
+                             f"tracking server {uri}") if uri.startswith("http") else None
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[
-            Metric(k, float(v), now, step) for k, v in metrics.items()])
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if self.outbox is not None:
+            self.outbox.put(items)
+        else:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    @property
+    def server_down(self) -> bool:
+        return self.outbox is not None and self.outbox.down_since is not None
+
+    def unsent(self) -> list[tuple]:
+        """Metrics not yet known to be stored, as (key, value, timestamp, step)."""
+        items = self.outbox.unsent() if self.outbox is not None else []
+        return [(m.key, m.value, m.timestamp, m.step) for m in items]
+
+    def flush(self, timeout: float | None) -> list[tuple]:
+        """Wait up to ``timeout`` seconds for every metric to be stored; returns the unsent."""
+        if self.outbox is not None:
+            self.outbox.flush(timeout)
+        return self.unsent()
+
+    def resend(self, unsent: list[tuple]) -> None:
+        """Log a checkpoint's unsent metrics, those the store lacks (a step after the last
+        one it holds of that key): none is lost, none is stored twice."""
+        last: dict[str, int] = {}
+        items = []
+        for key, value, timestamp, step in unsent:
+            if key not in last:
+                last[key] = self.last_step(key)
+            if step > last[key]:
+                items.append(Metric(key, value, timestamp, step))
+        for i in range(0, len(items), 1000):  # log_batch takes at most 1000 metrics
+            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), folder)
@@ -124,7 +206,7 @@ def run(uri: str, experiment: str, *, params: dict, tags: dict, name: str | None
     """Open a run, yield its ``RunLog``; it ends FINISHED, FAILED on error, KILLED on Ctrl-C.
     ``resume_run_id``: reopen that run instead (its params and tags stay as they are)."""
     os.environ.pop("MLFLOW_RUN_ID", None)  # a stale id would hijack the run (design notes section 4)
-    client = MlflowClient(uri)
+    client = client_for(uri)
     if resume_run_id:
         from sr_ablate import UserError
         try:
@@ -134,8 +216,8 @@ def run(uri: str, experiment: str, *, params: dict, tags: dict, name: str | None
                             f"not in {uri}; use the same tracking.uri or resume=false") from None
         client.update_run(resume_run_id, status="RUNNING")
         client.set_tag(resume_run_id, "sr_ablate.resumed", "true")
-        with _ending(client, resume_run_id):
-            yield RunLog(client, resume_run_id)
+        with _ending(client, RunLog(client, resume_run_id, uri)) as log:
+            yield log
         return
     tags = dict(tags)
     parent_run_id = parent_run_id or os.environ.get(PARENT_ENV)
@@ -158,37 +240,50 @@ def run(uri: str, experiment: str, *, params: dict, tags: dict, name: str | None
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
-    with _ending(client, run_id):
-        yield RunLog(client, run_id)
+    with _ending(client, RunLog(client, run_id, uri)) as log:
+        yield log
 
 
 @contextmanager
-def _ending(client: MlflowClient, run_id: str) -> Iterator[None]:
+def _ending(client: MlflowClient, log: RunLog) -> Iterator[RunLog]:
     """End the run by how the block ends: FINISHED, KILLED (pruned, Ctrl-C, SIGTERM) or
-    FAILED with the reason as a tag."""
+    FAILED with the reason as a tag. When the server is down the run cannot be ended: the
+    error that stopped it is raised as it is, not hidden behind a connection error."""
+    run_id = log.run_id
+
+    def end(tag: str, text: str, status: str) -> None:
+        if log.server_down:
+            return
+        try:
+            client.set_tag(run_id, tag, text[:5000])
+            client.set_terminated(run_id, status)
+        except Exception as e:
+            print(f"sr_ablate: could not mark run {run_id} {status} "
+                  f"({' '.join(str(e).split())[:200]})", file=sys.stderr)
+
     try:
-        yield
+        yield log
     except Stopped as e:  # on purpose (pruned): not a failure, not finished either
-        client.set_tag(run_id, "sr_ablate.stopped", str(e))
-        client.set_terminated(run_id, "KILLED")
+        end("sr_ablate.stopped", str(e), "KILLED")
         raise
     except KeyboardInterrupt as e:
-        client.set_tag(run_id, "sr_ablate.stopped", str(e) or "interrupted (Ctrl-C)")
-        client.set_terminated(run_id, "KILLED")
+        end("sr_ablate.stopped", str(e) or "interrupted (Ctrl-C)", "KILLED")
         raise
     except BaseException as e:  # why, in one line (a non-finite loss says at which step)
-        client.set_tag(run_id, "sr_ablate.error", f"{type(e).__name__}: {e}"[:5000])
-        client.set_terminated(run_id, "FAILED")
+        end("sr_ablate.error", f"{type(e).__name__}: {e}", "FAILED")
         raise
     else:
         client.set_terminated(run_id, "FINISHED")
+    finally:
+        if log.outbox is not None:
+            log.outbox.close()
 
 
 def start_parent(uri: str, experiment: str, sweep_id: str, definition: str,
                  tags: dict[str, str] | None = None, name: str | None = None) -> str:
     """Create the parent run of a sweep (with extra ``tags``) and export its id for the child
     jobs; returns the id."""
-    client = MlflowClient(uri)
+    client = client_for(uri)
     r = client.create_run(experiment_id(uri, experiment), run_name=name or f"sweep-{sweep_id}",
                           tags={**(tags or {}), "sr_ablate.sweep_id": sweep_id,
                                 "sr_ablate.role": "sweep", "sr_ablate.sweep": definition})
@@ -200,7 +295,7 @@ def start_parent(uri: str, experiment: str, sweep_id: str, definition: str,
 def end_parent(uri: str, run_id: str, ok: bool, status: str | None = None) -> None:
     """Close a sweep's parent run: ``status`` if given, else FINISHED when every child
     finished (or was stopped on purpose, e.g. pruned), else FAILED."""
-    client = MlflowClient(uri)
+    client = client_for(uri)
     if status is None:
         children = client.search_runs([client.get_run(run_id).info.experiment_id],
                                       filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
@@ -216,7 +311,7 @@ def find_parent(uri: str, experiment: str, tags: dict[str, str], definition: str
     """The parent run carrying ``tags`` (e.g. an Optuna study and its storage), made RUNNING
     again; created if there is none. Several workers starting at once agree on the oldest.
     Its id is exported for the child runs, as ``start_parent`` does."""
-    client = MlflowClient(uri)
+    client = client_for(uri)
     exp = experiment_id(uri, experiment)
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
 
@@ -241,7 +336,7 @@ def find_parent(uri: str, experiment: str, tags: dict[str, str], definition: str
 
 def finished_run(uri: str, experiment: str, config_hash: str) -> str | None:
     """Id of a FINISHED run of ``experiment`` whose config hash is ``config_hash``, if any."""
-    client = MlflowClient(uri)
+    client = client_for(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
@@ -252,7 +347,7 @@ def finished_run(uri: str, experiment: str, config_hash: str) -> str | None:
 
 def end_if_running(uri: str, run_id: str, status: str) -> None:
     """End a run left RUNNING by a process that died (e.g. SIGKILL) with ``status``."""
-    client = MlflowClient(uri)
+    client = client_for(uri)
     if client.get_run(run_id).info.status == "RUNNING":
         client.set_terminated(run_id, status)
 
@@ -260,7 +355,7 @@ def end_if_running(uri: str, run_id: str, status: str) -> None:
 def annotate(uri: str, run_id: str, tags: dict | None = None, metrics: dict | None = None,
              artifacts: list[str | Path] = ()) -> None:
     """Add tags, metrics (step 0) and artifact files to an existing run (open or ended)."""
-    log = RunLog(MlflowClient(uri), run_id)
+    log = RunLog(client_for(uri), run_id)
     if tags:
         log.set_tags(tags)
     if metrics:
@@ -278,7 +373,7 @@ def runs_frame(uri: str, experiment: str | None = None):
     """
     import pandas as pd
 
-    client = MlflowClient(uri)
+    client = client_for(uri)
     exps = client.search_experiments()
     if experiment:
         exps = [e for e in exps if e.name == experiment]
@@ -300,7 +395,7 @@ def download_checkpoint(uri: str, run_id: str, dst: str | Path) -> Path:
     """Fetch ``checkpoints/final.pt`` of run ``run_id`` into ``dst``; UserError if impossible."""
     from sr_ablate import UserError
 
-    client = MlflowClient(uri)
+    client = client_for(uri)
     try:
         client.get_run(run_id)
     except mlflow.exceptions.MlflowException:
@@ -315,7 +410,7 @@ def download_checkpoint(uri: str, run_id: str, dst: str | Path) -> Path:
 
 def sweep_definition(uri: str, sweep_id: str) -> str | None:
     """The definition (sweep file or command line) held by the parent run of ``sweep_id``."""
-    client = MlflowClient(uri)
+    client = client_for(uri)
     for e in client.search_experiments():
         for r in client.search_runs([e.experiment_id], max_results=1, filter_string=(
                 f"tags.`sr_ablate.sweep_id` = '{sweep_id}' and tags.`sr_ablate.role` = 'sweep'")):
@@ -326,12 +421,12 @@ def sweep_definition(uri: str, sweep_id: str) -> str | None:
 def fetch_artifact(uri: str, run_id: str, path: str, dst: str | Path) -> Path | None:
     """Download artifact ``path`` of a run into ``dst``; None when the run has no such file."""
     try:
-        return Path(MlflowClient(uri).download_artifacts(run_id, path, str(dst)))
+        return Path(client_for(uri).download_artifacts(run_id, path, str(dst)))
     except (mlflow.exceptions.MlflowException, OSError):
         return None
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) pairs of one metric of one run, by step."""
-    hist = MlflowClient(uri).get_metric_history(run_id, key)
+    hist = client_for(uri).get_metric_history(run_id, key)
     return sorted((m.step, m.value) for m in hist)

@@ -2,54 +2,20 @@
 sqlite store), reached only through MLFLOW_TRACKING_URI, as jobs on a cluster would."""
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, cli
+from sr_ablate import UserError, checkpoint
+from sr_ablate.run import run
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import TINY, cli, free_port
 
 
 @pytest.fixture
-def server(tmp_path):
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True)  # its own process group: stopped with all its workers
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:  # stop it only after it answered (design notes section 4)
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    pytest.fail(f"mlflow server did not start: {proc.stderr.read()[-2000:]}")
-                time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+def server(mlflow_server):
+    return mlflow_server.url
 
 
 @pytest.mark.slow
@@ -94,3 +60,64 @@ def test_unreachable_server_is_one_line_before_any_work(tmp_path, how):
     assert "Traceback" not in out.stderr and not (tmp_path / "mlflow.db").exists()
     assert not (tmp_path / "optuna.db").exists()
     print(f"stopped after {took:.1f} s")
+
+
+MID = [*TINY, "trainer.steps=8", "trainer.eval_every=2", "trainer.log_every=1",
+       "tracking.checkpoint=false"]
+
+
+def logged_steps(url: str, key: str) -> tuple[str, list[int]]:
+    client = MlflowClient(url)
+    (r,) = client.search_runs([client.get_experiment_by_name("sr_ablate").experiment_id])
+    return r, sorted(m.step for m in client.get_metric_history(r.info.run_id, key))
+
+
+@pytest.fixture
+def fail_fast(monkeypatch, store):
+    """MLflow's own retries would hold each send for minutes; the Outbox does the waiting."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+
+@pytest.mark.slow
+def test_server_down_mid_run_training_goes_on_and_every_metric_arrives_once(
+        tmp_path, compose, mlflow_server, fail_fast, capsys):
+    def on_eval(step, metrics):
+        if step == 2:
+            mlflow_server.stop()  # steps 3-6 are logged while nothing answers
+        if step == 6:
+            mlflow_server.start()
+
+    run(compose([*MID, f"tracking.uri={mlflow_server.url}"]), cwd=str(tmp_path),
+        on_eval=on_eval)
+    err = capsys.readouterr().err
+    assert "does not answer" in err and "training goes on" in err and "answers again" in err
+    r, steps = logged_steps(mlflow_server.url, "train/loss")
+    assert r.info.status == "FINISHED" and steps == list(range(1, 9))
+    assert logged_steps(mlflow_server.url, "val/psnr")[1] == [2, 4, 6, 8]
+
+
+@pytest.mark.slow
+def test_server_gone_at_the_end_fails_loudly_and_resume_sends_the_kept_metrics(
+        tmp_path, compose, mlflow_server, fail_fast):
+    def on_eval(step, metrics):
+        if step == 4:
+            mlflow_server.stop()  # and it does not come back before the run ends
+
+    args = [*MID, f"tracking.uri={mlflow_server.url}", "tracking.flush_timeout=3"]
+    with pytest.raises(UserError) as e:
+        run(compose(args), cwd=str(tmp_path), on_eval=on_eval)
+    msg = str(e.value)
+    assert "\n" not in msg and "has not answered for 3 s: training finished" in msg
+    assert "run the same command with resume=true" in msg
+    (ckpt,) = (tmp_path / ".sr_ablate" / "checkpoints").glob("*.pt")
+    kept = checkpoint.load(ckpt)
+    assert kept["step"] == 8 and {s for k, _, _, s in kept["unsent"] if k == "train/loss"} >= {
+        5, 6, 7, 8}
+
+    mlflow_server.start()
+    run(compose([*args, "resume=true"]), cwd=str(tmp_path))
+    r, steps = logged_steps(mlflow_server.url, "train/loss")
+    assert r.info.status == "FINISHED" and steps == list(range(1, 9))
+    assert logged_steps(mlflow_server.url, "val/psnr")[1] == [2, 4, 6, 8]
+    assert not ckpt.exists()
