@@ -4,7 +4,8 @@
 Before Hydra starts, the overrides are composed and checked, so bad input costs one line
 and no MLflow run. A sweep gets one MLflow parent run that all its jobs sit under; a job
 that fails is reported in one line and the others still run; a job whose configuration
-already has a FINISHED run (same config hash) is skipped unless ``sweep.force=true``.
+already has a FINISHED run (same config hash) is skipped unless ``sweep.force=true``; one
+that was interrupted (its checkpoint is there) resumes its own MLflow run.
 Jobs run one after another, or in parallel with ``hydra/launcher=joblib`` (threads and
 GPUs shared out by ``launch.plan`` / ``launch.claim_device``).
 """
@@ -25,7 +26,7 @@ def _job(cfg, multirun: bool) -> None:
     import torch
     from hydra.core.hydra_config import HydraConfig
 
-    from sr_ablate import UserError, launch, tracking
+    from sr_ablate import UserError, checkpoint, launch, tracking
     from sr_ablate.config import config_hash
     from sr_ablate.preflight import group_choices
     from sr_ablate.run import run
@@ -44,6 +45,8 @@ def _job(cfg, multirun: bool) -> None:
                       "(sweep.force=true runs it again)", file=sys.stderr)
                 launch.record("skipped", job, done)
                 return
+        if multirun and checkpoint.path_for(CWD, config_hash(cfg)).exists():
+            cfg.resume = True  # interrupted in an earlier launch of this sweep: go on from there
         launch.use_threads()
         pool, n_gpus = os.environ.get(launch.DEVICE_POOL_ENV), torch.cuda.device_count()
         if pool and n_gpus > 1 and cfg.trainer.device in ("auto", "cuda"):

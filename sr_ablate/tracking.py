@@ -216,6 +216,9 @@ def run(uri: str, experiment: str, *, params: dict, tags: dict, name: str | None
                             f"not in {uri}; use the same tracking.uri or resume=false") from None
         client.update_run(resume_run_id, status="RUNNING")
         client.set_tag(resume_run_id, "sr_ablate.resumed", "true")
+        if os.environ.get(PARENT_ENV):  # resumed by a new launch of its sweep: it belongs there
+            client.set_tag(resume_run_id, MLFLOW_PARENT_RUN_ID, os.environ[PARENT_ENV])
+            client.set_tag(resume_run_id, "sr_ablate.sweep_id", os.environ[SWEEP_ENV])
         with _ending(client, RunLog(client, resume_run_id, uri)) as log:
             yield log
         return

@@ -118,3 +118,32 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
         assert history(client_c, c.info.run_id, key) == history(client_w, w.info.run_id, key), key
     print(f"killed after step {killed_after}, resumed from {state['step']}: val/psnr "
           f"{c.data.metrics['val/psnr']} == {w.data.metrics['val/psnr']}")
+
+
+@pytest.mark.slow
+def test_relaunching_a_sweep_resumes_its_interrupted_job_in_the_new_parent(tmp_path):
+    sweep = ["-m", "seed=0,1", *LONG]
+    proc = start(sweep, tmp_path)
+    wait_for_checkpoint(tmp_path, 50, proc)  # the first job (seed=0), mid-way
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode not in (0, None)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sr_ablate").experiment_id
+    (killed,) = [r for r in client.search_runs([exp]) if "sr_ablate.role" not in r.data.tags]
+    assert killed.info.status == "KILLED"
+
+    again = cli(sweep, tmp_path, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming run {killed.info.run_id} at step" in again.stderr
+    runs = client.search_runs([exp])
+    parents = sorted((r for r in runs if r.data.tags.get("sr_ablate.role") == "sweep"),
+                     key=lambda r: r.info.start_time)
+    children = [r for r in runs if r not in parents]
+    assert [p.info.status for p in parents] == ["KILLED", "FINISHED"]
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[1].info.run_id}
+    assert killed.info.run_id in {c.info.run_id for c in children}  # the same run, resumed
+    for c in children:
+        assert [s for s, _ in history(client, c.info.run_id, "train/loss")] == list(
+            range(10, 401, 10))
