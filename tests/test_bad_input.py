@@ -63,8 +63,15 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("multirun", [False, True], ids=["run", "sweep"])
+# Every case as a single run; as a sweep job too, where the sweep path differs (checked before
+# Hydra starts: "unknown key"; inside a job: "non-image file"); the rest as sweeps in CI's slow pass.
+SWEEP_FAST = ("unknown key", "non-image file")
+
+
+@pytest.mark.parametrize("case,multirun", [
+    *[(c, False) for c in CASES],
+    *[pytest.param(c, True, marks=() if c in SWEEP_FAST else pytest.mark.slow) for c in CASES]],
+    ids=[*[f"run-{c}" for c in CASES], *[f"sweep-{c}" for c in CASES]])
 def test_bad_input(tmp_path, case, multirun):
     args, expected = CASES[case]
     if isinstance(args, str):
@@ -72,3 +79,24 @@ def test_bad_input(tmp_path, case, multirun):
     sweep = ["-m", "seed=0,1"] if multirun else []
     out = cli([*sweep, *TINY, *args], tmp_path, timeout=180)
     assert_clean_failure(out, tmp_path, expected)
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["trainer.scales=[2,3]"], "multi-scale training needs a pre-upsampling model"),
+    (["model=espcn", "scale=1.5", "trainer.patch_size=15"],
+     "trainer.patch_size=15 x scale=1.5 is not a whole"),
+    ("one image", "has one image: need at least 2"),
+], ids=["multi-scale post-upsampling", "patch not whole at x1.5", "one image"])
+def test_bad_input_found_before_the_run_opens(store, compose, tmp_path, args, expected):
+    """Found while building the job (after the config checks): still one line, no run."""
+    from sr_ablate import UserError
+    from sr_ablate.run import run
+    if args == "one image":
+        args = ["data=folder", f"data.root={good_folder(tmp_path / 'hr', n=1)}"]
+    base = [a for a in TINY if not a.startswith("model.")] if "model=espcn" in args else TINY
+    with pytest.raises(UserError) as e:
+        run(compose([*base, *args]), cwd=str(tmp_path))
+    assert expected in str(e.value) and "\n" not in str(e.value)
+    db = tmp_path / "mlflow.db"
+    assert not db.exists() or not MlflowClient(store).search_runs(
+        [x.experiment_id for x in MlflowClient(store).search_experiments()])
