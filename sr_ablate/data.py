@@ -6,6 +6,7 @@ Images are held as uint8 tensors (C, H, W); batches are float32 in [0, 1] with k
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -72,28 +73,55 @@ def builtin_dir() -> Path:
 _decoded: dict[tuple, torch.Tensor] = {}
 
 
+def _not_8bit(im: Image.Image) -> str | None:
+    """'16-bit RGB', 'float gray' ... for a file (opened, not yet loaded) whose samples are
+    not 8-bit, else None. Pillow opens 16-bit RGB(A) PNG, TIFF and PPM files as 8-bit RGB(A),
+    dropping the low byte without a word; the undecoded tiles still say so."""
+    if im.mode == "F":
+        return "float gray"
+    for tile in im.tile:
+        args = tile[3] if isinstance(tile[3], tuple) else (tile[3],)
+        raw = args[0] if args and isinstance(args[0], str) else ""
+        if re.search(r";16[BLN]", raw) or (tile[0] == "ppm" and len(args) > 1 and args[1] > 255):
+            return "16-bit " + ("gray" if raw.startswith("I") else raw.split(";")[0])
+    if im.mode == "I" or im.mode.startswith("I;16"):
+        return f"{16 if '16' in im.mode else 32}-bit gray"
+    return None
+
+
 def read_image(path: Path, color: str = "rgb") -> torch.Tensor:
     """Decode an 8-bit image file to uint8 (C, H, W): C = 3 for ``rgb``, 1 for ``y``.
 
     Gray files give 3 equal channels in ``rgb``; ``y`` is BT.601 luma rounded to uint8
     (MATLAB ``rgb2ycbcr`` on uint8), gray files keep their gray values; ``native`` keeps
-    gray files 1-channel and colour files RGB (for evaluation). Cached per process.
+    gray files 1-channel and colour files RGB (for evaluation). Alpha is dropped (not
+    composited), palette and CMYK files become RGB. 16-bit, 32-bit and float files, files
+    over Pillow's decompression-bomb limit and unreadable files raise UserError (one line).
+    Cached per process.
     """
     path = Path(path)
-    key = (str(path), path.stat().st_mtime_ns, color)
-    if key in _decoded:
-        return _decoded[key]
     try:
+        key = (str(path), path.stat().st_mtime_ns, color)
+        if key in _decoded:
+            return _decoded[key]
         with Image.open(path) as im:
+            deep = _not_8bit(im)
+            if deep:
+                raise UserError(f"{path} is a {deep} image and sr_ablate reads 8-bit images "
+                                "only; convert it to 8-bit RGB or gray, or remove it from the "
+                                "folder")
             im.load()
-            mode = im.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                raise UserError(f"{path} is a {mode} (16-bit/float) image; convert it to 8-bit "
-                                "RGB or gray, or remove it from the folder")
-            im = im.convert("L" if mode in ("L", "LA", "1") else "RGB")
+            im = im.convert("L" if im.mode in ("L", "LA", "1") else "RGB")
             data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
             img = data.view(im.height, im.width, -1).permute(2, 0, 1).contiguous()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except PermissionError:
+        raise UserError(f"{path} cannot be read (permission denied); make it readable "
+                        f"(chmod a+r {path}) or remove it from the folder") from None
+    except Image.DecompressionBombError:  # Pillow's limit is kept: a tiny file can hold 10 Gpx
+        raise UserError(f"{path} has over {2 * Image.MAX_IMAGE_PIXELS} pixels, Pillow's "
+                        "decompression-bomb limit; crop or downscale it, or remove it from the "
+                        "folder") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{path} is not a readable image ({e.__class__.__name__}); "
                         "remove it from the folder or replace it with a valid image") from None
     if color == "y":
@@ -111,7 +139,11 @@ def list_images(root: str | Path, what: str = "data.root") -> list[Path]:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"{what}={root} is not a folder; pass {what}=<folder of HR images>")
-    files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    try:
+        files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    except PermissionError:
+        raise UserError(f"{what}={root} cannot be read (permission denied); make it readable "
+                        f"(chmod a+rx {root}) or point {what} at another folder") from None
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     if not images:
         raise UserError(f"{what}={root} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}); "
@@ -119,19 +151,23 @@ def list_images(root: str | Path, what: str = "data.root") -> list[Path]:
     return images
 
 
-def load_images(paths: list[Path], scale: int, color: str, min_size: int = 0,
-                why: str = "") -> list[tuple[str, torch.Tensor]]:
+def load_images(paths: list[Path], scale: float, color: str, min_size: float = 0,
+                why: str = "", fix: str = "remove the image") -> list[tuple[str, torch.Tensor]]:
     """(name, HR uint8 (C, H, W)) per file, modcropped for ``scale``.
 
-    ``min_size``: smallest HR side allowed; smaller images are refused, ``why`` says why.
+    ``min_size``: smallest HR side allowed; smaller images are refused (UserError naming the
+    file and its size), ``why`` says what needs that size and ``fix`` what to do.
     """
     images = []
     for p in paths:
-        gt = modcrop(read_image(p, color), scale)
+        img = read_image(p, color)
+        gt = modcrop(img, scale)
         h, w = gt.shape[-2:]
         if h < min_size or w < min_size:
-            raise UserError(f"{p} is {w}x{h} after modcrop, smaller than the "
-                            f"{min_size}x{min_size} needed ({why}); remove the image")
+            need = math.ceil(min_size)
+            was = "" if gt.shape == img.shape else f" ({img.shape[-1]}x{img.shape[-2]} before)"
+            raise UserError(f"{p} is {w}x{h} after modcrop{was}, smaller than the {need}x{need} "
+                            f"needed for {why}; {fix}")
         images.append((p.stem, gt))
     return images
 
@@ -201,8 +237,9 @@ def build(data_cfg, *, scales: list[float], patch_size: int, color: str = "rgb",
             raise UserError(f"trainer.patch_size={patch_size} x scale={scale} is not a whole "
                             "number of HR pixels; use an even trainer.patch_size")
         hr = load_images(train, scale, color, min_size=int(patch_size * scale),
-                         why=f"training patch: trainer.patch_size={patch_size} x "
-                             f"scale={scale}; lower trainer.patch_size or")
+                         why=f"a training patch (trainer.patch_size={patch_size} x "
+                             f"scale={scale:g})", fix="lower trainer.patch_size or remove the "
+                             "image")
         key = (files_key(train), scale, color, kernel, quantize, upsampled)
         pairs[scale] = memo(_pairs, key, lambda: make_pairs(hr, scale, kernel, quantize,
                                                             upsampled, device))
@@ -213,7 +250,8 @@ def load_eval_images(paths: list[Path], scale: int) -> list[tuple[str, torch.Ten
     """Evaluation images: native channels (gray stays gray), modcropped, big enough for SSIM."""
     # SSIM's 11x11 window must fit after `scale` pixels are shaved from each edge.
     return load_images(paths, scale, "native", min_size=11 + 2 * scale,
-                       why=f"evaluation: 11x11 SSIM window + 2 x scale={scale} border;")
+                       why=f"evaluation (11x11 SSIM window + a {scale:g}-pixel border each "
+                           "side)", fix="remove the image from the set or use a larger one")
 
 
 def batches(pairs: dict[float, list[Pair]], *, patch_size: int, batch_size: int, seed: int,
