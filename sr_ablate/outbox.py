@@ -63,9 +63,8 @@ class Outbox:
             self._cond.notify_all()
 
     def _raise(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+        if self._error is not None:  # sticky: the thread has stopped, nothing more is sent
+            raise self._error
 
     def _run(self) -> None:
         while True:

@@ -254,9 +254,17 @@ def _ending(client: MlflowClient, log: RunLog) -> Iterator[RunLog]:
     error that stopped it is raised as it is, not hidden behind a connection error."""
     run_id = log.run_id
 
+    def settle() -> None:  # metrics still on their way go first: no run ends without them
+        if log.outbox is not None and not log.server_down:
+            log.flush(60)
+
     def end(tag: str, text: str, status: str) -> None:
         if log.server_down:
             return
+        try:
+            settle()
+        except Exception:
+            pass  # what could not be sent is said below, when the outbox closes
         try:
             client.set_tag(run_id, tag, text[:5000])
             client.set_terminated(run_id, status)
@@ -276,10 +284,19 @@ def _ending(client: MlflowClient, log: RunLog) -> Iterator[RunLog]:
         end("sr_ablate.error", f"{type(e).__name__}: {e}", "FAILED")
         raise
     else:
+        try:
+            settle()
+        except Exception as e:  # the server refused metrics: the run is not complete
+            end("sr_ablate.error", f"{type(e).__name__}: {e}", "FAILED")
+            raise
         client.set_terminated(run_id, "FINISHED")
     finally:
         if log.outbox is not None:
             log.outbox.close()
+            lost = len(log.unsent())
+            if lost:  # said out loud; a checkpoint holds them when the run can be resumed
+                print(f"sr_ablate: {lost} metric values of run {run_id} were not sent: "
+                      "its tracking server did not answer", file=sys.stderr)
 
 
 def start_parent(uri: str, experiment: str, sweep_id: str, definition: str,
