@@ -26,10 +26,10 @@ def _job(cfg, multirun: bool) -> None:
     import torch
     from hydra.core.hydra_config import HydraConfig
 
-    from sr_ablate import UserError, checkpoint, launch, tracking
+    from sr_ablate import UserError, launch, tracking
     from sr_ablate.config import config_hash
     from sr_ablate.preflight import group_choices
-    from sr_ablate.run import run
+    from sr_ablate.run import resume_interrupted, run
     from sr_ablate.train import NonFiniteLoss
 
     started = launch.job_clock()
@@ -45,8 +45,8 @@ def _job(cfg, multirun: bool) -> None:
                       "(sweep.force=true runs it again)", file=sys.stderr)
                 launch.record("skipped", job, done)
                 return
-        if multirun and checkpoint.path_for(CWD, config_hash(cfg)).exists():
-            cfg.resume = True  # interrupted in an earlier launch of this sweep: go on from there
+        if multirun:
+            resume_interrupted(cfg, CWD)
         launch.use_threads()
         pool, n_gpus = os.environ.get(launch.DEVICE_POOL_ENV), torch.cuda.device_count()
         if pool and n_gpus > 1 and cfg.trainer.device in ("auto", "cuda"):

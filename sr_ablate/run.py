@@ -149,6 +149,13 @@ def complexity_metrics(model, cfg: DictConfig, device) -> tuple[dict[str, float]
                      "model.frame_hw": "x".join(map(str, frame))}
 
 
+def resume_interrupted(cfg: DictConfig, cwd: str | None) -> None:
+    """Set ``resume`` when this configuration has a checkpoint: a sweep launched again
+    (grid or Optuna) goes on where its interrupted runs stopped, in the same MLflow runs."""
+    if checkpoint.path_for(cwd, config_hash(cfg)).exists():
+        cfg.resume = True
+
+
 def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None = None,
         choices: dict[str, str] | None = None, tags: dict[str, str] | None = None,
         on_start: Callable[[str], None] | None = None,

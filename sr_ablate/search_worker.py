@@ -114,8 +114,8 @@ class Worker:
                 study.enqueue_trial(t.params, user_attrs={"sr_ablate.retry_of": t.number})
 
     def objective(self, trial):
-        from sr_ablate import preflight
-        from sr_ablate.run import run
+        from sr_ablate import preflight, tracking
+        from sr_ablate.run import resume_interrupted, run
 
         trial.study.sampler = sampler_for(self.opt, trial.number)
         self.current = trial.number
@@ -125,11 +125,13 @@ class Worker:
         trial.set_user_attr("sr_ablate.worker", f"{socket.gethostname()}:{os.getpid()}")
         run_ids: list[str] = []
 
+        tags = {**self.tags, "optuna.trial_number": str(trial.number)}
+
         def on_start(run_id):
             run_ids.append(run_id)
             trial.set_user_attr("mlflow_run_ids", run_ids)
+            tracking.annotate(self.uri, run_id, tags=tags)  # a resumed run joins this trial
 
-        tags = {**self.tags, "optuna.trial_number": str(trial.number)}
         values = []
         for i, seed in enumerate(self.opt["seeds"]):
             typed = [*overrides, f"seed={seed}"]
@@ -137,6 +139,7 @@ class Worker:
             try:
                 preflight.validate(self.base + typed)
                 cfg, choices = preflight.compose_job(self.base + typed)
+                resume_interrupted(cfg, self.cwd)  # a re-queued trial that had a checkpoint
                 result = run(cfg, cwd=self.cwd, overrides=typed, choices=choices, tags=tags,
                              on_start=on_start, on_eval=self.pruning(trial) if i == 0 else None,
                              started_at=started)

@@ -169,19 +169,21 @@ def test_two_workers_share_one_study(tmp_path):
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_repeating_or_losing_a_trial(tmp_path):
     args = [sys.executable, "-m", "sr_ablate", sweep_file(tmp_path, trials=3),
-            "trainer.steps=40", "trainer.eval_every=20"]
+            "trainer.steps=40", "trainer.eval_every=20", "trainer.checkpoint_every=5"]
     env = {k: v for k, v in __import__("os").environ.items()
            if not k.startswith(("MLFLOW_", "SR_ABLATE_"))}
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while time.time() < deadline:  # kill it while trial 1 runs, after trial 0 completed
-        time.sleep(0.5)
+    # kill it while trial 1 runs (past its first checkpoint), after trial 0 completed
+    while time.time() < deadline:
+        time.sleep(0.1)
         try:
             trials = load(tmp_path).trials
         except KeyError:  # the study is not created yet
             continue
         if [t.state.name for t in trials[:2]] == ["COMPLETE", "RUNNING"] and \
-                trials[1].user_attrs.get("mlflow_run_ids"):
+                trials[1].user_attrs.get("mlflow_run_ids") and \
+                any((tmp_path / ".sr_ablate" / "checkpoints").glob("*.pt")):
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -203,8 +205,14 @@ def test_killed_sweep_resumes_without_repeating_or_losing_a_trial(tmp_path):
     assert retry[0].params == before[1].params
     client, runs, parents = mlflow_runs(tmp_path)
     killed = client.get_run(before[1].user_attrs["mlflow_run_ids"][0])
-    assert killed.info.status == "KILLED"  # not left RUNNING by the SIGKILL
-    assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)
+    # the retry resumed the killed trial's run from its checkpoint: that run, now finished
+    assert retry[0].user_attrs["mlflow_run_ids"] == [killed.info.run_id]
+    assert killed.info.status == "FINISHED"
+    assert killed.data.tags["optuna.trial_number"] == str(retry[0].number)
+    assert f"resuming run {killed.info.run_id}" in out.stderr
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)  # KILLED: pruned
+    steps = [m.step for m in client.get_metric_history(killed.info.run_id, "val/psnr")]
+    assert sorted(steps) == [20, 40]  # each evaluation logged once
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
 
 
