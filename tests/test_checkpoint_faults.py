@@ -14,7 +14,7 @@ from sr_ablate import UserError, checkpoint, evaluate_cli
 from sr_ablate.config import config_hash
 from sr_ablate.run import build_model, run
 
-from conftest import TINY, builtin_images, cli
+from conftest import TINY, builtin_images
 
 SHORT = [*TINY, "tracking.checkpoint=false", "trainer.steps=6", "trainer.checkpoint_every=2"]
 
@@ -107,16 +107,17 @@ def test_resume_from_a_file_that_is_no_resumable_checkpoint(store, compose, tmp_
     assert runs(store) == []
 
 
-def test_resume_from_a_corrupt_checkpoint_through_the_command(tmp_path, compose):
-    path = checkpoint.path_for(tmp_path, config_hash(compose(SHORT)))
+def test_resume_from_a_corrupt_checkpoint(store, compose, tmp_path):
+    cfg = compose([*SHORT, "resume=true"])
+    path = checkpoint.path_for(tmp_path, config_hash(cfg))
     path.parent.mkdir(parents=True)
     path.write_bytes(b"\x80\x02 not a torch file")
-    out = cli([*SHORT, "resume=true"], tmp_path, timeout=180)
-    assert out.returncode == 2, out.stderr[-2000:]
-    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
-    assert len(errors) == 1 and "cannot be read" in errors[0] and "delete it" in errors[0]
-    assert "Traceback" not in out.stderr
-    assert not (tmp_path / "mlflow.db").exists() or runs(f"sqlite:///{tmp_path / 'mlflow.db'}") == []
+    with pytest.raises(UserError) as e:
+        run(cfg, cwd=str(tmp_path))
+    msg = str(e.value)
+    assert "\n" not in msg and f"checkpoint {path} cannot be read (UnpicklingError)" in msg
+    assert "delete it to start this configuration afresh, or run without resume=true" in msg
+    assert runs(store) == [] and path.exists()
 
 
 def test_evaluating_a_final_checkpoint_whose_weights_do_not_fit_is_one_line(

@@ -55,6 +55,7 @@ LONG = [*TINY, "tracking.checkpoint=false", "trainer.steps=400", "trainer.log_ev
         "trainer.eval_every=200", "trainer.checkpoint_every=50"]
 
 
+@pytest.mark.slow  # the default run resumes in-process: test_checkpoint_faults.py
 def test_sigterm_saves_a_checkpoint_ends_killed_and_resume_finishes_the_same_run(tmp_path):
     proc = start(LONG, tmp_path)
     wait_for_checkpoint(tmp_path, 50, proc)
