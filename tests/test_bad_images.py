@@ -250,6 +250,7 @@ def test_decompression_bomb_is_refused(tmp_path):
     assert Image.MAX_IMAGE_PIXELS == limit
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_16bit_image_through_the_command(tmp_path):
     root = tmp_path / "hr"
     root.mkdir()

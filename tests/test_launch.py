@@ -112,6 +112,7 @@ def test_grid_rerun_skips_finished_reruns_failed_and_force_runs_all(tmp_path):
     assert len(runs) == 5 and len(parents) == 4
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_joblib_runs_two_jobs_in_parallel_on_a_fresh_store(tmp_path):
     out = cli([*SWEEP, "hydra/launcher=joblib"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]

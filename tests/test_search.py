@@ -127,6 +127,7 @@ def test_trial_and_run_point_at_each_other_and_parent_holds_the_best(tmp_path):
     assert len(runs) == 3 and len(parents) == 1
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_failed_trials_are_counted_until_the_failure_rate(tmp_path):
     # lr=1e30 diverges (NaN loss) at the first log: every trial fails, the sweep stops
     path = sweep_file(tmp_path, trials=4, max_failure_rate=0.5,
@@ -216,6 +217,7 @@ def test_killed_sweep_resumes_without_repeating_or_losing_a_trial(tmp_path):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_two_objectives_give_a_pareto_front(tmp_path):
     path = sweep_file(tmp_path, trials=3, sampler={"name": "nsga2", "seed": 0},
                       objectives={"val/psnr": "maximize", "model/ms_per_frame": "minimize"},
