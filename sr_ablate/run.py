@@ -260,8 +260,8 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
         if not result:  # resumed after its last step: outputs for the artifacts, not logged
             result = evaluate(model)
         unsent = log.flush(cfg.tracking.flush_timeout)
-        if unsent:  # the server is still down: keep them where resume=true finds them
-            checkpoint.save_atomic({**checkpoint.load(ckpt), "unsent": unsent}, ckpt)
+        if unsent:  # the server is still down; the last checkpoint (at the last step) holds
+            # every value unsent then, so resume=true finds them (resend skips any sent since)
             raise UserError(f"tracking server {uri} has not answered for "
                             f"{cfg.tracking.flush_timeout:g} s: training finished, but "
                             f"{len(unsent)} metric values are not in MLflow yet; they are kept "
