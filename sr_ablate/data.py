@@ -25,7 +25,12 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".p
 # Real photographs shipped inside scikit-image's wheel (skimage/data): an offline default.
 BUILTIN_TRAIN = ["astronaut.png", "motorcycle_left.png", "motorcycle_right.png", "rocket.jpg",
                  "hubble_deep_field.jpg", "ihc.png"]
-BUILTIN_VAL = ["chelsea.png", "coffee.png"]
+# Validation: every other natural photograph of the wheel, none of them a training image, so
+# that a paired test over images can reach p < 0.05 (n images: smallest p = 2/2^n; 8 -> 0.008).
+# Left out: drawings and synthetic images (color, logo, phantom, chessboard, horse), microscopy
+# and medical scans (cell, retina, microaneurysms), text pages and the motion-blurred clock.
+BUILTIN_VAL = ["chelsea.png", "coffee.png", "camera.png", "coins.png", "moon.png", "brick.png",
+               "grass.png", "gravel.png"]
 
 # Standard evaluation sets by name -> folder names under the data root (first found wins);
 # `python -m sr_ablate.download NAME` puts them there.
