@@ -5,7 +5,10 @@ Before Hydra starts, the overrides are composed and checked, so bad input costs 
 and no MLflow run. A sweep gets one MLflow parent run that all its jobs sit under; a job
 that fails is reported in one line and the others still run; a job whose configuration
 already has a FINISHED run (same config hash) is skipped unless ``sweep.force=true``; one
-that was interrupted (its checkpoint is there) resumes its own MLflow run.
+that was interrupted (its checkpoint is there) resumes its own MLflow run. Each run ends
+with one line on stdout, its PSNR against bicubic (``summary.run_line``); a grid sweep ends
+with a table of its jobs (``summary.sweep_table``), and its parent run lists the earlier runs
+it reused. ``trainer=quick`` says at the start that it checks the pipeline, not a design.
 Jobs run one after another, or in parallel with ``hydra/launcher=joblib`` (threads and
 GPUs shared out by ``launch.plan`` / ``launch.claim_device``).
 """
@@ -36,6 +39,13 @@ def _job(cfg, multirun: bool) -> None:
     hc = HydraConfig.get()
     job = " ".join(hc.overrides.task) or "(defaults)"
     choices = group_choices(hc.runtime.choices)
+    opened: list[str] = []  # the job's MLflow run id, once run() has opened it
+
+    def record(outcome: str, message: str = "", run_id: str = "", metrics=None) -> None:
+        launch.record(outcome, job, message, num=hc.job.num if multirun else 0,
+                      overrides=list(hc.overrides.task),
+                      run_id=run_id or (opened[0] if opened else ""), metrics=metrics)
+
     try:
         if multirun and not cfg.sweep.force:
             uri = tracking.store_uri(cfg.tracking.uri, CWD)
@@ -43,7 +53,7 @@ def _job(cfg, multirun: bool) -> None:
             if done:
                 print(f"skip {job}: FINISHED run {done} has the same config hash "
                       "(sweep.force=true runs it again)", file=sys.stderr)
-                launch.record("skipped", job, done)
+                record("skipped", done, done, tracking.run_metrics(uri, done))
                 return
         if multirun:
             resume_interrupted(cfg, CWD)
@@ -52,18 +62,18 @@ def _job(cfg, multirun: bool) -> None:
         if pool and n_gpus > 1 and cfg.trainer.device in ("auto", "cuda"):
             with launch.claim_device(pool, n_gpus, start=hc.job.num) as i:
                 cfg.trainer.device = f"cuda:{i}"
-                run(cfg, cwd=CWD, overrides=list(hc.overrides.task), choices=choices,
-                    started_at=started)
+                metrics = run(cfg, cwd=CWD, overrides=list(hc.overrides.task),
+                              choices=choices, started_at=started, on_start=opened.append)
         else:
-            run(cfg, cwd=CWD, overrides=list(hc.overrides.task), choices=choices,
-                started_at=started)
-        launch.record("ran", job)
+            metrics = run(cfg, cwd=CWD, overrides=list(hc.overrides.task), choices=choices,
+                          started_at=started, on_start=opened.append)
+        record("ran", metrics=metrics)
     except (UserError, NonFiniteLoss) as e:
         message = str(e) if isinstance(e, UserError) else (
             f"{e}; the run ended FAILED - lower optim.lr or set trainer.grad_clip")
         # in a sweep the launching process prints each distinct error once, at the end
         print(f"job failed: {job}" if multirun else f"error: {message}", file=sys.stderr)
-        launch.record("failed", job, message)
+        record("failed", message)
         if not multirun:
             sys.exit(2 if isinstance(e, UserError) else 1)
     except Exception as e:
@@ -71,7 +81,7 @@ def _job(cfg, multirun: bool) -> None:
             raise
         traceback.print_exc()
         print(f"job failed: {job}", file=sys.stderr)
-        launch.record("failed", job, f"{type(e).__name__}: {e}")
+        record("failed", f"{type(e).__name__}: {e}")
 
 
 def _parallel(argv: list[str]) -> list[str]:
@@ -97,7 +107,7 @@ def _parallel(argv: list[str]) -> list[str]:
 def main() -> int:
     import hydra
 
-    from sr_ablate import UserError, launch, preflight, sweep
+    from sr_ablate import UserError, launch, preflight, summary, sweep
 
     argv = sys.argv[1:]
     tmp = None
@@ -118,6 +128,9 @@ def main() -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    notice = summary.budget_notice(cfg.trainer) if cfg is not None else None
+    if notice:
+        print(notice, file=sys.stderr)
     multirun = any(a in ("-m", "--multirun") for a in argv)
     parent = outcomes = None
     if multirun and cfg is not None:
@@ -128,10 +141,10 @@ def main() -> int:
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        definition = open(spec["path"]).read() if spec else " ".join(argv)
+        sweep_id = uuid.uuid4().hex[:12]
         # Create the store and the experiment here, once, before any parallel job starts.
-        parent = tracking.start_parent(uri, cfg.tracking.experiment, uuid.uuid4().hex[:12],
-                                       definition)
+        parent = tracking.start_parent(uri, cfg.tracking.experiment, sweep_id,
+                                       sweep.definition(argv, spec))
         outcomes = Path(CWD) / ".sr_ablate" / os.environ[tracking.SWEEP_ENV]
         outcomes.mkdir(parents=True)
         os.environ[launch.OUTCOMES_ENV] = str(outcomes)
@@ -154,10 +167,15 @@ def main() -> int:
         results = launch.outcomes(outcomes) if outcomes else []
         failed = [r for r in results if r["outcome"] == "failed"]
         if parent:
+            tracking.record_reused(uri, parent, [r["run_id"] for r in results
+                                                 if r["outcome"] == "skipped" and r["run_id"]])
+            tracking.record_failed(uri, parent, [(r["job"], r["message"]) for r in failed])
             tracking.end_parent(uri, parent, ok=code == 0 and not failed, status=status)
             for message in dict.fromkeys(r["message"] for r in failed):
                 print(f"error: {message}", file=sys.stderr)
             print(launch.summary(results), file=sys.stderr)
+            if results:  # the sweep's results, on stdout like each run's line
+                print(summary.sweep_table(results, sweep_id), flush=True)
             shutil.rmtree(outcomes, ignore_errors=True)
             if not any(outcomes.parent.iterdir()):
                 outcomes.parent.rmdir()

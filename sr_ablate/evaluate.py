@@ -52,6 +52,23 @@ def quantize(img: torch.Tensor) -> torch.Tensor:
     return img.to(torch.float64).round().clamp(0, 255)
 
 
+# MATLAB rgb2ycbcr: [Y, Cb, Cr] = offset + M @ rgb / 255 (BT.601 studio range).
+YCBCR = torch.stack([LUMA, torch.tensor([-37.797, -74.203, 112.0], dtype=torch.float64),
+                     torch.tensor([112.0, -93.786, -18.214], dtype=torch.float64)])
+YCBCR_OFFSET = torch.tensor([16.0, 128.0, 128.0], dtype=torch.float64).view(3, 1, 1)
+
+
+def colorize_y(y: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+    """RGB (3, H, W) float64 with the luma ``y`` (1, H, W), BT.601 studio range [16, 235]
+    as ``rgb_to_y``, and the chroma (Cb, Cr) of ``rgb`` (3, H, W) in [0, 255]: a Y-channel
+    model's output in colour, as papers show it (MATLAB rgb2ycbcr then ycbcr2rgb).
+    Not rounded or clamped: values can leave [0, 255] where Y and chroma disagree."""
+    m, off = YCBCR.to(rgb.device), YCBCR_OFFSET.to(rgb.device)
+    ycc = torch.einsum("ij,jhw->ihw", m, rgb.to(torch.float64) / 255) + off
+    ycc = torch.cat([y.to(ycc), ycc[1:]])
+    return 255 * torch.einsum("ij,jhw->ihw", torch.linalg.inv(m), ycc - off)
+
+
 def to_gray(img: torch.Tensor) -> torch.Tensor:
     """(3, H, W) -> (1, H, W) with luma weights normalised to sum 1 (equal channels stay)."""
     w = (LUMA / LUMA.sum()).to(img.device).view(3, 1, 1)
@@ -128,6 +145,7 @@ class Evaluator:
     protocol: Protocol = Protocol()
     prefix: str = "val"
     tile: int = 0
+    final: bool = False   # run once, after the last step (eval.final_sets), not at every eval
     per_image: list[dict] = field(default_factory=list)
     last_outputs: list[torch.Tensor] = field(default_factory=list)
     _cache: dict = field(default_factory=dict)

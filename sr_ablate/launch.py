@@ -5,8 +5,9 @@ importing MLflow (torch only to apply a thread count):
   * how many jobs run at once and how many threads each gets (no oversubscribed cores);
   * which GPU a job takes when several jobs share a machine with several GPUs (a lock file
     per device, so two running jobs never share one, whatever order they start in);
-  * each job's outcome (ran / skipped / failed, one line), written as a small file the
-    launching process reads when the sweep ends (jobs may run in other processes).
+  * each job's outcome (ran / skipped / failed, one line, its run and final PSNR), written as
+    a small file the launching process reads when the sweep ends (jobs may run in other
+    processes).
 """
 from __future__ import annotations
 
@@ -120,14 +121,20 @@ def claim_device(pool: str | Path, n_devices: int, start: int = 0,
         time.sleep(poll)
 
 
-def record(outcome: str, job: str, message: str = "") -> None:
-    """Note a job's outcome (``ran`` | ``skipped`` | ``failed``) for the launching process."""
+def record(outcome: str, job: str, message: str = "", *, num: int = 0,
+           overrides: list[str] | None = None, run_id: str = "",
+           metrics: dict[str, float] | None = None) -> None:
+    """Note a job's outcome (``ran`` | ``skipped`` | ``failed``) for the launching process,
+    with what its end-of-sweep table shows: Hydra's job number, the job's overrides, its
+    MLflow run (the reused one when skipped) and that run's final metrics."""
     folder = os.environ.get(OUTCOMES_ENV)
     if not folder:
         return
     path = Path(folder) / f"{uuid.uuid4().hex}.json"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"outcome": outcome, "job": job, "message": message}))
+    tmp.write_text(json.dumps({"outcome": outcome, "job": job, "message": message, "num": num,
+                               "overrides": overrides or [], "run_id": run_id,
+                               "metrics": metrics or {}}))
     os.replace(tmp, path)  # the reader never sees half a file
 
 

@@ -61,12 +61,13 @@ _evaluators: dict[tuple, Evaluator] = {}
 
 def build_evaluators(eval_cfg, scales: list[float], val_files: list[Path] | None
                      ) -> tuple[list[Evaluator], dict[str, str]]:
-    """One Evaluator per entry of ``eval.sets`` and scale (``val`` = the data's validation
-    files), and the protocol fingerprint tags over all sets. The first scale is the run's:
-    its metrics are ``<set>/psnr``; other scales' are ``<set>_x<s>/psnr``."""
+    """One Evaluator per entry of ``eval.sets`` + ``eval.final_sets`` and scale (``val`` =
+    the data's validation files; ``Evaluator.final`` marks the final sets' ones), and the
+    protocol fingerprint tags over all sets. The first scale is the run's: its metrics are
+    ``<set>/psnr``; other scales' are ``<set>_x<s>/psnr``."""
     protocol = Protocol(eval_cfg.protocol, eval_cfg.color, eval_cfg.kernel)
     evaluators, hashes = [], {}
-    for name in eval_cfg.sets:
+    for name in [*eval_cfg.sets, *eval_cfg.get("final_sets", [])]:
         if name == "val":
             if val_files is None:
                 continue
@@ -78,8 +79,10 @@ def build_evaluators(eval_cfg, scales: list[float], val_files: list[Path] | None
             prefix = name if i == 0 else f"{name}_x{s:g}"
             # one per process: its LR inputs and bicubic scores are computed once per sweep
             key = (data.files_key(files), s, protocol, prefix, eval_cfg.tile)
-            evaluators.append(data.memo(_evaluators, key, lambda: Evaluator(
-                data.load_eval_images(files, s), s, protocol, prefix=prefix, tile=eval_cfg.tile)))
+            ev = data.memo(_evaluators, key, lambda: Evaluator(
+                data.load_eval_images(files, s), s, protocol, prefix=prefix, tile=eval_cfg.tile))
+            ev.final = name not in eval_cfg.sets  # set per run: a sweep's jobs share evaluators
+            evaluators.append(ev)
     return evaluators, fingerprint(protocol, hashes)
 
 
@@ -94,16 +97,22 @@ def evaluate_all(evaluators: list[Evaluator]):
 
 
 def comparison_image(ev: Evaluator, crop: int = 96) -> torch.Tensor:
-    """bicubic | SR | HR of the centre crop of the set's first image, (C, crop, 3*crop) uint8."""
+    """bicubic | SR | HR of the centre crop of the set's first image, (C, crop, 3*crop) uint8.
+
+    A Y-channel model on a colour image is shown in colour (C = 3), as papers show it: its Y
+    with the Cb/Cr of the bicubic upscale of the RGB LR; bicubic and HR tiles in RGB."""
     from sr_ablate.degrade import bicubic_up
+    from sr_ablate.evaluate import colorize_y, model_input
     (_, hr), sr = ev.images[0], ev.last_outputs[0]
     c_model = sr.shape[0]
-    lq = ev.inputs(c_model)[0][0]  # the LR the model saw, computed once by the evaluator
-    bic = quantize(bicubic_up(lq, ev.scale))
     gt = hr.to(torch.float64).expand(c_model, -1, -1) if hr.shape[0] == 1 else hr.to(torch.float64)
     if c_model == 1 and hr.shape[0] == 3:
-        from sr_ablate.metrics import rgb_to_y
-        gt = rgb_to_y(hr).round()
+        # the RGB LR an RGB model would get under this protocol: its bicubic lends the chroma
+        bic = quantize(bicubic_up(model_input(hr, ev.scale, ev.protocol, 3), ev.scale))
+        sr = colorize_y(sr, bic)
+    else:
+        lq = ev.inputs(c_model)[0][0]  # the LR the model saw, computed once by the evaluator
+        bic = quantize(bicubic_up(lq, ev.scale))
     h, w = gt.shape[-2:]
     c = min(crop, h, w)
     y, x = (h - c) // 2, (w - c) // 2
@@ -215,6 +224,7 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
     params = {**(choices or {}), **flatten(cfg)}
     tags = {**eval_tags, **getattr(loss_fn, "tags", {}), "overrides": " ".join(overrides or []),
             "device": str(device), "torch.threads": torch.get_num_threads(),
+            "model.class": type(model).__name__,  # the family a report keeps to one table
             "sr_ablate.config_hash": cfg_hash, **(tags or {})}
     if cfg.study:
         tags["sr_ablate.study"] = cfg.study
@@ -245,7 +255,8 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
             checkpoint.set_rng_state(state["rng"])
         # compiled for training only: evaluation sees whole images of every size (no recompiles)
         trained = torch.compile(model) if t.compile else model
-        evaluate = evaluate_all(evaluators)
+        evaluate = evaluate_all([ev for ev in evaluators if not ev.final])
+        final_sets = evaluate_all([ev for ev in evaluators if ev.final])
         with checkpoint.stop_on_signals() as stop_requested:
             result = fit(trained, batches, optimizer, steps=t.steps, loss_fn=loss_fn,
                          eval_fn=lambda _: evaluate(model), log_fn=log_fn,
@@ -259,6 +270,9 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
                          stop_requested=stop_requested)
         if not result:  # resumed after its last step: outputs for the artifacts, not logged
             result = evaluate(model)
+        final = final_sets(model)  # eval.final_sets: once, after the last step
+        log_fn(t.steps, final)
+        result = {**result, **final}
         unsent = log.flush(cfg.tracking.flush_timeout)
         if unsent:  # the server is still down; the last checkpoint (at the last step) holds
             # every value unsent then, so resume=true finds them (resend skips any sent since)
@@ -269,4 +283,8 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
                             "resume=true to send them and end the run")
         log_outputs(log, cfg, model, evaluators, t.steps)
     checkpoint.remove(ckpt)  # finished: nothing left to resume
-    return {**result, **cost}
+    metrics = {**result, **cost}
+    from sr_ablate.summary import run_line
+    # said once the MLflow run has ended; a sweep's job leaves the pointers to its end table
+    print(run_line(log.run_id, metrics, hint=tracking.sweep_parent() is None), flush=True)
+    return metrics

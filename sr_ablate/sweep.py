@@ -11,6 +11,9 @@ A sweep file names its ``study`` and holds any of:
   a grid point such as ``{model.blocks: 16}``);
   ``optuna``: instead of a grid, an Optuna search (see ``sr_ablate.search``).
 Every run gets ``study=<study>`` (a param) and goes to the MLflow experiment of that name.
+A grid swept without a named baseline (``-m model.blocks=8,12,16,24``, or a sweep file
+with ``grid`` and neither ``baseline`` nor ``variants``) is compared with the default
+configuration: ``definition`` records it as the sweep's ``baseline``.
 """
 from __future__ import annotations
 
@@ -114,3 +117,53 @@ def expand(argv: list[str]) -> tuple[list[str], dict | None, tempfile.TemporaryD
         return extra, spec, None
     tmp = tempfile.TemporaryDirectory(prefix="sr_ablate_sweep_")
     return to_argv(spec, extra, Path(tmp.name)), spec, tmp
+
+
+def default_baseline(argv: list[str]) -> dict:
+    """{key: default value} for every key a Hydra ``-m`` command line sweeps: the default
+    is the key's value in the config composed from ``argv`` without its swept overrides (a
+    config group's is its option, e.g. ``{"model": "srresnet"}``; None when the default
+    config has no such key). Keys the report pools or ignores (``seed``, ``trainer.device``...)
+    and the ``study_variant`` group are left out. {} when that config does not compose."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sr_ablate.preflight import compose_job
+    from sr_ablate.report import NOT_FACTORS, REPEATS  # what the report compares on
+
+    typed = [a for a in argv if not a.startswith("-")
+             and not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    parsed = OverridesParser.create().parse_overrides(typed)
+    swept = [o.key_or_group for o in parsed if o.is_sweep_override()
+             and o.key_or_group not in ("study_variant", *REPEATS, *NOT_FACTORS)]
+    if not swept:
+        return {}
+    try:
+        cfg, choices = compose_job([t for t, o in zip(typed, parsed) if not o.is_sweep_override()])
+    except (HydraException, OmegaConfBaseException):  # e.g. a fixed override that only fits
+        return {}                                      # a swept option: there is no default
+    base = {}
+    for key in swept:
+        value = choices[key] if key in choices else OmegaConf.select(cfg, key, default=None)
+        base[key] = (OmegaConf.to_container(value, resolve=True)
+                     if isinstance(value, (DictConfig, ListConfig)) else value)
+    return base
+
+
+def definition(argv: list[str], spec: dict | None) -> str:
+    """What a sweep's parent run holds (tag ``sr_ablate.sweep``, read by the report): the
+    sweep file as written, or for a command-line sweep the YAML ``{command, baseline}``; a
+    grid without a named baseline gets ``baseline:`` = ``default_baseline(argv)``."""
+    text = Path(spec["path"]).read_text() if spec else ""
+    if spec and (spec.get("baseline") or spec.get("variants")):
+        return text  # a named baseline is kept; a variant has no default to stand for
+    base = default_baseline(argv)
+    if spec:
+        return text if not base else (
+            text.rstrip("\n") + "\n# added by sr_ablate: no baseline named, so the default "
+            "configuration is\n" + yaml.safe_dump({"baseline": base}, default_flow_style=None,
+                                                   sort_keys=False))
+    doc = {"command": " ".join(argv), **({"baseline": base} if base else {})}
+    return yaml.safe_dump(doc, default_flow_style=False, sort_keys=False, width=1_000_000)

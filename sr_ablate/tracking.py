@@ -6,6 +6,7 @@ sweeps, parent runs and child runs never step on each other.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import random
@@ -13,9 +14,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
@@ -312,6 +313,41 @@ def start_parent(uri: str, experiment: str, sweep_id: str, definition: str,
     return r.info.run_id
 
 
+def sweep_parent() -> str | None:
+    """The parent run the runs of this process go under (a sweep's job), or None."""
+    return os.environ.get(PARENT_ENV) or None
+
+
+REUSED_TAG = "sr_ablate.reused_run_ids"
+
+
+def record_reused(uri: str, parent_run_id: str, run_ids: list[str]) -> None:
+    """List on a sweep's parent run (tag ``sr_ablate.reused_run_ids``, full ids separated by
+    spaces) the FINISHED runs it reused instead of running their configurations again: they
+    are part of the sweep's results though they sit under an earlier sweep's parent."""
+    ids = list(dict.fromkeys(run_ids))
+    if ids:
+        client_for(uri).set_tag(parent_run_id, REUSED_TAG, " ".join(ids))
+
+
+FAILED_TAG = "sr_ablate.failed_jobs"
+
+
+def record_failed(uri: str, parent_run_id: str, failures: list[tuple[str, str]]) -> None:
+    """List on a sweep's parent run (tag ``sr_ablate.failed_jobs``, JSON [[job overrides,
+    one-line error], ...]) the jobs that failed, including those that failed before their
+    own run opened (bad input, missing VGG19 weights): the report names them as missing."""
+    if failures:
+        text = json.dumps([list(f) for f in failures])
+        # MLflow tags hold up to 8000 characters; the errors are one line each
+        client_for(uri).set_tag(parent_run_id, FAILED_TAG, text[:7999])
+
+
+def run_metrics(uri: str, run_id: str) -> dict[str, float]:
+    """The latest value of every metric of one run."""
+    return dict(client_for(uri).get_run(run_id).data.metrics)
+
+
 def end_parent(uri: str, run_id: str, ok: bool, status: str | None = None) -> None:
     """Close a sweep's parent run: ``status`` if given, else FINISHED when every child
     finished (or was stopped on purpose, e.g. pruned), else FAILED."""
@@ -384,12 +420,14 @@ def annotate(uri: str, run_id: str, tags: dict | None = None, metrics: dict | No
         log.log_artifact(path)
 
 
-def runs_frame(uri: str, experiment: str | None = None):
+def runs_frame(uri: str, experiment: str | None = None, parents: bool = False):
     """All child/single runs (not sweep parents) as a pandas DataFrame, one row per run.
 
     Columns: ``run_id``, ``status``, ``experiment``, params under their own names
     (``model.blocks``), latest metrics under theirs (``val/psnr``), and tags prefixed ``tag:``.
-    Param values are strings, as MLflow stores them.
+    Param values are strings, as MLflow stores them. ``parents=True``: sweep parent runs
+    too (``tag:sr_ablate.role`` is ``sweep``), whose tags say what the sweep is
+    (``tag:sr_ablate.sweep``) and which earlier runs it reused (``tag:sr_ablate.reused_run_ids``).
     """
     import pandas as pd
 
@@ -400,7 +438,7 @@ def runs_frame(uri: str, experiment: str | None = None):
     rows = []
     for e in exps:
         for r in client.search_runs([e.experiment_id], max_results=50000):
-            if r.data.tags.get("sr_ablate.role") == "sweep":
+            if r.data.tags.get("sr_ablate.role") == "sweep" and not parents:
                 continue
             row = {"run_id": r.info.run_id, "status": r.info.status, "experiment": e.name,
                    "start_time": r.info.start_time, "end_time": r.info.end_time}

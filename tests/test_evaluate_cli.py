@@ -19,8 +19,9 @@ from conftest import TINY, builtin_images, cli
 @pytest.fixture(scope="module")
 def hr_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("hr")
-    for src in builtin_images()[-2:]:  # chelsea, coffee: real photographs
-        shutil.copy(src, root / src.name)
+    for src in builtin_images():  # chelsea, coffee: real colour photographs
+        if src.stem in ("chelsea", "coffee"):
+            shutil.copy(src, root / src.name)
     return root
 
 
