@@ -2,18 +2,19 @@
 
 Writes ``reports/<name>/``: ``results.{md,csv,tex}``, a self-contained ``index.html`` and the
 plots in ``plots/``. One row per variant (the swept factors; runs differing only in ``seed``
-are repeats and pooled): n, mean ± 95% confidence interval of PSNR and SSIM on every
-evaluation set and scale, bicubic PSNR/SSIM, Δ PSNR against bicubic and against the study's
-baseline variant with a paired Wilcoxon test over the same images and seeds (Holm-corrected
-over the variants; ``*`` = significant at 0.05), final training loss, parameters, GFLOPs,
-ms per frame and wall time. Column names are the MLflow names (``model.blocks``,
-``val/psnr``), which are also the override keys. Runs evaluated under different protocols
-(fingerprints) never share a table.
+are repeats and pooled): n, mean ± 95% confidence interval over seeds of PSNR and SSIM on
+every evaluation set and scale, bicubic PSNR/SSIM, Δ PSNR against bicubic and against the
+baseline variant with its interval over images, and a paired Wilcoxon test over the images
+(each variant's per-image PSNR averaged over its seeds first), Holm-corrected over every
+variant x set the table tests; final training loss, parameters, GFLOPs, ms per frame and wall
+time. Under each table one verdict per comparison (``sr_ablate.verdicts``): better, worse,
+no detectable difference, or cannot tell and why. Runs evaluated under different protocols
+(fingerprints), or of model families no sweep compared, never share a table; variants a
+sweep asked for without a finished run are listed as missing.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -21,199 +22,19 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from sr_ablate.stats import holm, mean_ci, paired_p
+from sr_ablate.report_format import display, to_latex, to_markdown, variant_label
+from sr_ablate.report_table import (
+    ALPHA,
+    NOT_FACTORS,
+    REPEATS,
+    eval_sets,
+    factors,
+    families,
+    latest_per_config,
+    results_table,
+)
 
-COST = ["train/loss", "model/params", "model/gflops", "model/ms_per_frame",
-        "model/s_per_30_frames", "wall_s"]
-SET_METRICS = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
-WITH_CI = ("psnr", "ssim")
-# Params that differ between runs without being a design choice.
-NOT_FACTORS = {"tracking.uri", "tracking.experiment", "trainer.progress", "trainer.device",
-               "sweep.force", "sweep.trials", "sweep.storage", "sweep.workers"}
-# Params swept to repeat a configuration, not to compare designs: their runs are pooled.
-REPEATS = ("seed",)
-ALPHA = 0.05
-
-
-def _number(value):
-    """'12' -> 12, '1e-4' -> 0.0001, 'true' -> 'true': params come back from MLflow as strings."""
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return value
-    return int(f) if f.is_integer() and "." not in str(value) and "e" not in str(value) else f
-
-
-def factors(runs: pd.DataFrame) -> list[str]:
-    """Swept parameters: params whose value differs between runs; keys the runs' command
-    lines overrode come first, in the order typed."""
-    meta = {"run_id", "status", "experiment", "start_time", "end_time"}
-    varying = [c for c in runs.columns
-               if c not in meta and "/" not in c and not c.startswith("tag:")
-               and c not in NOT_FACTORS and c not in REPEATS
-               and runs[c].astype(str).nunique(dropna=False) > 1]
-    typed: list[str] = []
-    for text in runs.get("tag:overrides", pd.Series(dtype=str)).fillna(""):
-        for item in text.split():
-            key = item.split("=", 1)[0].lstrip("+~")
-            if key in varying and key not in typed:
-                typed.append(key)
-    return typed + [c for c in varying if c not in typed]
-
-
-def eval_sets(runs: pd.DataFrame) -> list[str]:
-    """Evaluation set prefixes (``val``, ``Set5``, ``val_x3``...) the runs logged, ``val`` first."""
-    return sorted({c.split("/")[0] for c in runs.columns
-                   if "/" in c and c.split("/", 1)[1] in SET_METRICS},
-                  key=lambda n: (n != "val", n)) or ["val"]
-
-
-def _sort(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    if keys:
-        table = table.sort_values(keys, key=lambda s: s.map(lambda v: (isinstance(v, str), v)))
-    return table.reset_index(drop=True)
-
-
-def results_table(runs: pd.DataFrame, baseline: dict | None = None,
-                  per_image: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
-    """One row per variant of the FINISHED runs: ``run_id`` (short ids), the factors, ``n``,
-    ``seed`` (the pooled seeds), per set ``<set>/psnr`` (mean), ``<set>/psnr_ci`` (95% half
-    width), the same for SSIM, bicubic means, ``<set>/dpsnr_bicubic``; with a ``baseline``
-    ({factor: value}) also ``<set>/dpsnr_baseline``, ``<set>/p_baseline`` (Wilcoxon over the
-    per-image PSNR in ``per_image[run_id]``) and ``<set>/p_holm``; then the cost columns."""
-    done = runs[runs["status"] == "FINISHED"].dropna(axis=1, how="all")
-    keys, sets = factors(done), eval_sets(done)
-    groups = list(done.groupby(keys, sort=False, dropna=False)) if keys else [((), done)]
-    rows, members = [], []
-    for key, g in groups:
-        row = {"run_id": " ".join(g["run_id"].str[:8]), **dict(zip(keys, map(_number, key))),
-               "n": len(g), "seed": ",".join(sorted(g.get("seed", pd.Series(["0"])).astype(str),
-                                                    key=_number))}
-        for s in sets:
-            for m in SET_METRICS:
-                col = f"{s}/{m}"
-                values = g[col] if col in g else pd.Series(dtype=float)
-                if m in WITH_CI:
-                    row[col], row[f"{col}_ci"] = mean_ci(values)
-                else:
-                    row[col] = values.mean()
-            row[f"{s}/dpsnr_bicubic"] = row[f"{s}/psnr"] - row[f"{s}/bicubic_psnr"]
-        g_wall = (g["end_time"] - g["start_time"]) / 1000 if "end_time" in g else None
-        for c in COST:
-            row[c] = g_wall.mean() if c == "wall_s" and g_wall is not None else (
-                g[c].mean() if c in g else math.nan)
-        rows.append(row)
-        members.append(g)
-    table = pd.DataFrame(rows)
-    base = _find(table, baseline) if baseline else None
-    if base is not None:
-        for s in sets:
-            table[f"{s}/dpsnr_baseline"] = table[f"{s}/psnr"] - table.loc[base, f"{s}/psnr"]
-            ps = [math.nan if i == base else _paired(members[i], members[base], s, per_image)
-                  for i in range(len(table))]
-            table[f"{s}/p_baseline"], table[f"{s}/p_holm"] = ps, holm(ps)
-    table["baseline"] = [i == base for i in range(len(table))]
-    return _sort(table, keys)
-
-
-def _find(table: pd.DataFrame, baseline: dict) -> int | None:
-    """Row index of the baseline variant: every {key: value} of ``baseline`` matches."""
-    for i, row in table.iterrows():
-        if all(k in table.columns and str(row[k]) == str(_number(v)) for k, v in
-               baseline.items()):
-            return i
-    return None
-
-
-def _paired(variant: pd.DataFrame, base: pd.DataFrame, s: str,
-            per_image: dict[str, pd.DataFrame] | None) -> float:
-    """Wilcoxon p-value of per-image PSNR on set ``s``: pairs are (seed, image) for the seeds
-    both have, else images with PSNR averaged over seeds."""
-    if not per_image:
-        return math.nan
-
-    def psnr(runs):
-        out = {}
-        for _, r in runs.iterrows():
-            rows = per_image.get(r["run_id"])
-            if rows is not None:
-                rows = rows[rows["set"] == s]
-                out[str(r.get("seed", "0"))] = rows.set_index("image")["psnr"]
-        return out
-    a, b = psnr(variant), psnr(base)
-    common = sorted(set(a) & set(b))
-    if common:
-        pairs = [(a[k], b[k].reindex(a[k].index)) for k in common]
-        x, y = pd.concat([p[0] for p in pairs]), pd.concat([p[1] for p in pairs])
-    elif a and b:
-        x = pd.concat(a.values(), axis=1).mean(axis=1)
-        y = pd.concat(b.values(), axis=1).mean(axis=1).reindex(x.index)
-    else:
-        return math.nan
-    ok = ~(x.isna() | y.isna())
-    return paired_p(x[ok].to_numpy(), y[ok].to_numpy())
-
-
-def display(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as people read it: ``mean ± ci``, Δ with sign, p with ``*`` when significant
-    after Holm, thousands separators; one column per quantity."""
-    sets = [c[:-len("/psnr")] for c in table.columns if c.endswith("/psnr")
-            and not c.endswith("bicubic_psnr")]
-    keys = [c for c in table.columns if "/" not in c and c not in
-            ("run_id", "n", "seed", "baseline", "wall_s")]
-    out = pd.DataFrame({k: table[k] for k in keys})
-    out["n"] = table["n"]
-    if table["baseline"].any():
-        out["baseline"] = table["baseline"].map(lambda b: "◆" if b else "")
-
-    def pm(v, ci, digits):
-        return "" if pd.isna(v) else f"{v:.{digits}f}" + ("" if pd.isna(ci) else
-                                                           f" ± {ci:.{digits}f}")
-    for s in sets:
-        out[f"{s}/psnr"] = [pm(v, c, 2) for v, c in zip(table[f"{s}/psnr"],
-                                                        table[f"{s}/psnr_ci"])]
-        out[f"{s}/ssim"] = [pm(v, c, 4) for v, c in zip(table[f"{s}/ssim"],
-                                                        table[f"{s}/ssim_ci"])]
-        out[f"{s}/bicubic_psnr"] = table[f"{s}/bicubic_psnr"].map(lambda v: f"{v:.2f}")
-        out[f"{s}/bicubic_ssim"] = table[f"{s}/bicubic_ssim"].map(lambda v: f"{v:.4f}")
-        out[f"{s}/Δpsnr_bicubic"] = table[f"{s}/dpsnr_bicubic"].map(lambda v: f"{v:+.2f}")
-        if f"{s}/dpsnr_baseline" in table:
-            out[f"{s}/Δpsnr_baseline"] = table[f"{s}/dpsnr_baseline"].map(lambda v: f"{v:+.2f}")
-            out[f"{s}/p"] = [("" if pd.isna(p) else f"{p:.3g}" + (" *" if h < ALPHA else ""))
-                             for p, h in zip(table[f"{s}/p_baseline"], table[f"{s}/p_holm"])]
-    fmt = {"train/loss": "{:.4g}", "model/params": "{:,.0f}", "model/gflops": "{:.3g}",
-           "model/ms_per_frame": "{:.1f}", "model/s_per_30_frames": "{:.2f}", "wall_s": "{:.0f}"}
-    for c, f in fmt.items():
-        if c in table and table[c].notna().any():
-            out[c] = table[c].map(lambda v, f=f: "" if pd.isna(v) else f.format(v))
-    out["run_id"] = table["run_id"]
-    return out
-
-
-def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table of a ``display`` table."""
-    cols = list(table.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, row in table.iterrows():
-        lines.append("| " + " | ".join("" if pd.isna(row[c]) else str(row[c]) for c in cols)
-                     + " |")
-    return "\n".join(lines) + "\n"
-
-
-def to_latex(table: pd.DataFrame) -> str:
-    """A ``tabular`` (booktabs) of a ``display`` table, ready for ``\\input``."""
-    def tex(v) -> str:
-        text = "" if pd.isna(v) else str(v)
-        for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"),
-                     ("#", r"\#"), ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("◆", r"$\bullet$")):
-            text = text.replace(a, b)
-        return text
-    cols = list(table.columns)
-    lines = [r"\begin{tabular}{" + "l" * len(cols) + "}", r"\toprule",
-             " & ".join(tex(c) for c in cols) + r" \\", r"\midrule"]
-    lines += [" & ".join(tex(row[c]) for c in cols) + r" \\" for _, row in table.iterrows()]
-    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
-
+__all__ = ["NOT_FACTORS", "REPEATS", "factors", "main", "results_table", "write"]
 
 FP = "tag:eval.fingerprint"
 PROTOCOL_TAGS = ("eval.protocol", "eval.color_space", "eval.crop", "eval.lr_source", "eval.ssim")
@@ -249,58 +70,134 @@ def baseline_of(runs: pd.DataFrame, definitions: list[str]) -> dict | None:
     return None
 
 
+def _tables(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(title, runs) per table: one evaluation fingerprint and one model family each."""
+    out = []
+    for fp, group in by_fingerprint(runs):
+        fams = families(group)
+        for fam in fams:
+            kind = next((str(fam[c].iloc[0]) for c in ("tag:model.class", "model")
+                         if c in fam and fam[c].notna().all()), "")
+            title = f"Fingerprint {fp}" + (f", model {kind}" if len(fams) > 1 or kind else "")
+            out.append((title, fam))
+    return out
+
+
 def write(runs: pd.DataFrame, out_dir: Path, name: str, baseline: dict | None = None,
-          per_image: dict | None = None, figures=None) -> pd.DataFrame:
+          per_image: dict | None = None, figures=None, rises: dict | None = None,
+          expected: list[dict] | None = None, failures: list | None = None) -> pd.DataFrame:
     """Write results.{md,csv,tex} and index.html for one experiment's runs; returns the
     (first) table. ``figures(group, table, out_dir, suffix)`` may draw plots for a group and
-    return their paths (relative to ``out_dir``), which both documents show.
+    return their paths (relative to ``out_dir``), which both documents show. ``rises``:
+    ``verdicts.last_rise`` of each run's validation curve; ``expected``: the variants the
+    sweep asked for ({key: value} each), listed as missing when no run of theirs finished,
+    with the error of their job from ``failures`` ([job overrides, message]) when known.
 
-    Runs with different evaluation fingerprints go to separate tables (``results.csv`` for
-    the largest group, ``results-<fingerprint>.csv`` for the others) and the documents say why.
+    Runs with different evaluation fingerprints or of different model families go to
+    separate tables (``results.csv`` for the largest group, ``results-<n>.csv`` for the
+    others) and the documents say why. Under each table: one verdict per comparison.
     """
-    from sr_ablate import report_html
+    from sr_ablate import report_html, verdicts
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    groups = by_fingerprint(runs[runs["status"] == "FINISHED"])
-    intro = ""
+    kept, replaced = latest_per_config(runs)
+    groups = _tables(kept)
+    intro = []
     if len(groups) > 1:
-        intro = (f"These runs were evaluated under {len(groups)} different protocols or "
-                 "evaluation sets (fingerprints), so their numbers are not comparable: one "
-                 "table per fingerprint.")
+        intro.append(f"These runs fall into {len(groups)} tables: runs evaluated under "
+                     "different protocols or sets (fingerprints) are not comparable, and "
+                     "models of different families that no sweep compared are not compared.")
+    if replaced:
+        intro.append(f"{replaced} older run(s) of a configuration that was run again "
+                     "(sweep.force=true) left out: per configuration and seed only the newest "
+                     "FINISHED run counts.")
     sections, first = [], None
-    for i, (fp, group) in enumerate(groups):
-        table = results_table(group, baseline, per_image)
-        suffix = "" if i == 0 else f"-{fp}"
+    for i, (title, group) in enumerate(groups):
+        table = results_table(group, baseline, per_image, rises)
+        suffix = "" if i == 0 else f"-{i + 1}"
         table.to_csv(out_dir / f"results{suffix}.csv", index=False)
         shown = display(table)
         (out_dir / f"results{suffix}.tex").write_text(to_latex(shown))
-        note = (f"Δ against the baseline ◆ ({', '.join(f'{k}={v}' for k, v in baseline.items())})"
-                f"; p: paired Wilcoxon over images and seeds, * = significant after Holm "
-                f"correction (α={ALPHA})." if baseline and table["baseline"].any() else "")
+        sets = eval_sets(group[group["status"] == "FINISHED"].dropna(axis=1, how="all"))
+        keys = factors(group)
+        lines = verdicts.lines(table, sets, lambda r, keys=keys: variant_label(r, keys), ALPHA)
         text = (f"{int(table['n'].sum())} finished runs in {len(table)} variants. Protocol: "
                 f"{protocol_line(group)}; PSNR/SSIM: mean ± 95% CI over seeds of each set's "
-                f"per-image mean. {note}")
+                f"per-image mean. {_stats_note(table, baseline, sets, len(lines))}")
         images = figures(group, table, out_dir, suffix) if figures is not None else []
-        sections.append({"title": f"Fingerprint {fp} (results{suffix}.csv)", "text": text,
-                         "table": shown, "images": images})
+        sections.append({"title": f"{title} (results{suffix}.csv)", "text": text,
+                         "table": shown, "images": images, "lines": lines})
         first = table if first is None else first
+    missing = [e for e in expected or [] if not _has_run(kept, e)]
+    if missing:
+        intro.append("Missing (asked for by the sweep, no finished run): " + "; ".join(
+            ", ".join(f"{k}={v}" for k, v in m.items()) + f" ({_why(runs, m, failures or [])})"
+            for m in missing) + ".")
     if first is None:
         first = pd.DataFrame()
         first.to_csv(out_dir / "results.csv", index=False)
-        sections.append({"title": "No finished runs", "text": "", "table": None, "images": []})
-    md = [f"# {name}\n", intro] if intro else [f"# {name}\n"]
+        sections.append({"title": "No finished runs", "text": "", "table": None, "images": [],
+                         "lines": []})
+    intro_text = " ".join(intro)
+    md = [f"# {name}\n", intro_text] if intro_text else [f"# {name}\n"]
     for sec in sections:
         md.append(f"## {sec['title']}\n\n{sec['text']}\n")
         if sec["table"] is not None:
             md.append(to_markdown(sec["table"]))
+        md += [f"- {line}" for line in sec["lines"]] + ([""] if sec["lines"] else [])
         md += [f"![{Path(p).stem}]({p})\n" for p in sec["images"]]
     (out_dir / "results.md").write_text("\n".join(md))
-    (out_dir / "index.html").write_text(report_html.page(name, intro, sections, out_dir))
+    (out_dir / "index.html").write_text(report_html.page(name, intro_text, sections, out_dir))
     return first
 
 
-def select(runs: pd.DataFrame, name: str) -> pd.DataFrame:
-    """Runs of experiment ``name``, or of the sweep whose id (or parent run id) is ``name``."""
+def _stats_note(table: pd.DataFrame, baseline: dict | None, sets: list[str], tests: int) -> str:
+    from sr_ablate.verdicts import RULE
+    if not baseline:
+        return "No baseline: no comparisons (name one with --baseline key=value)."
+    name = ", ".join(f"{k}={v}" for k, v in baseline.items())
+    if not table["baseline"].any():
+        return f"The baseline ({name}) has no finished run here: no comparisons."
+    return (f"Δ against the baseline ◆ ({name}) with its 95% interval over images; p: paired "
+            f"Wilcoxon signed-rank test over images (each variant's per-image PSNR averaged "
+            f"over its seeds first), Holm-corrected over the family of the {tests} "
+            f"comparisons of this table (every variant × set: {', '.join(sets)}); * = "
+            f"significant at α={ALPHA}. Verdicts withhold a conclusion for a model below "
+            f"bicubic, one not converged ({RULE}), or too few images for the test to ever "
+            "reach α.")
+
+
+def _has_run(runs: pd.DataFrame, expected: dict) -> bool:
+    """Whether a run of ``runs`` has every {param: value} of ``expected``."""
+    if runs.empty or any(k not in runs for k in expected):
+        return False
+    ok = pd.Series(True, index=runs.index)
+    for k, v in expected.items():
+        ok &= runs[k].astype(str) == str(v)
+    return bool(ok.any())
+
+
+def _why(runs: pd.DataFrame, expected: dict, failures: list) -> str:
+    """Why a variant has no finished run: the error its sweep recorded for the job
+    (``failures``: [job overrides, message]), else its newest unfinished run's status."""
+    for job, message in failures:
+        tokens = {t.lstrip("+~") for t in str(job).split()}
+        if all(f"{k}={v}" in tokens or (k == "variant" and f"study_variant={v}" in tokens)
+               for k, v in expected.items()):
+            return f"failed: {message}"
+    mine = runs[runs["status"] != "FINISHED"]
+    for k, v in expected.items():
+        mine = mine[mine[k].astype(str) == str(v)] if k in mine else mine.iloc[0:0]
+    if mine.empty:
+        return "no run recorded: the job failed before training (see the sweep's output)"
+    r = mine.sort_values("start_time").iloc[-1]
+    err = r.get("tag:sr_ablate.error")
+    return f"{r['status']}" + (f": {err}" if isinstance(err, str) else "")
+
+
+def select(runs: pd.DataFrame, name: str, parents: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Runs of experiment ``name``, or of the sweep whose id (or parent run id) is ``name``:
+    its own runs and the FINISHED runs it reused (listed on its parent run, ``parents``)."""
     sub = runs[runs["experiment"] == name]
     if sub.empty:
         for col in ("tag:sr_ablate.sweep_id", "tag:mlflow.parentRunId"):
@@ -308,7 +205,66 @@ def select(runs: pd.DataFrame, name: str) -> pd.DataFrame:
                 sub = runs[runs[col] == name]
                 if not sub.empty:
                     break
+        reused = set()
+        if parents is not None and not parents.empty and REUSED in parents:
+            mine = parents[(parents["run_id"] == name) | (parents.get(
+                "tag:sr_ablate.sweep_id", pd.Series(index=parents.index, dtype=str)) == name)]
+            for text in mine[REUSED].dropna():
+                reused |= set(text.split())
+        if reused:
+            sub = pd.concat([sub, runs[runs["run_id"].isin(reused - set(sub["run_id"]))]])
     return sub
+
+
+REUSED = "tag:sr_ablate.reused_run_ids"
+
+
+def expected_variants(definitions: list[str]) -> list[dict]:
+    """The variants sweep files asked for: ``{variant: name}`` per named variant, else one
+    ``{key: value}`` per grid combination (seeds left out: they are repeats)."""
+    import itertools
+    out = []
+    for text in definitions:
+        try:
+            spec = yaml.safe_load(text)
+        except yaml.YAMLError:
+            continue
+        if not isinstance(spec, dict):
+            continue
+        if isinstance(spec.get("variants"), dict):
+            out += [{"variant": v} for v in spec["variants"]]
+        elif isinstance(spec.get("grid"), dict):
+            grid = {k: v for k, v in spec["grid"].items() if k not in REPEATS}
+            out += [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    return [dict(t) for t in dict.fromkeys(tuple(e.items()) for e in out)]
+
+
+def failures_of(parents: pd.DataFrame, runs: pd.DataFrame) -> list:
+    """[job overrides, error] of the failed jobs the sweeps of ``runs`` recorded on their
+    parent runs, oldest sweep first."""
+    import json
+    ids = set(runs.get("tag:sr_ablate.sweep_id", pd.Series(dtype=str)).dropna())
+    col = "tag:sr_ablate.failed_jobs"
+    if parents.empty or col not in parents:
+        return []
+    mine = parents[parents["tag:sr_ablate.sweep_id"].isin(ids)].sort_values("start_time")
+    return [f for text in mine[col].dropna() for f in json.loads(text)]
+
+
+def rises_of(uri: str, runs: pd.DataFrame) -> dict[str, float]:
+    """``verdicts.last_rise`` of each FINISHED run's validation PSNR curve (``val/psnr``, else
+    its first set's)."""
+    from sr_ablate import tracking
+    from sr_ablate.verdicts import last_rise
+
+    out = {}
+    for _, r in runs[runs["status"] == "FINISHED"].iterrows():
+        key = "val/psnr" if "val/psnr" in r and not pd.isna(r["val/psnr"]) else next(
+            (c for c in r.index if c.endswith("/psnr") and "bicubic" not in c
+             and not pd.isna(r[c])), None)
+        if key:
+            out[r["run_id"]] = last_rise(tracking.metric_history(uri, r["run_id"], key))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,13 +285,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no MLflow store at {uri}; run `python -m sr_ablate` first or pass --uri",
               file=sys.stderr)
         return 2
-    runs = tracking.runs_frame(uri)
+    runs = tracking.runs_frame(uri, parents=True)
+    role = runs.get("tag:sr_ablate.role", pd.Series(index=runs.index, dtype=str))
+    parents, runs = runs[role == "sweep"], runs[role != "sweep"]
     if runs.empty:
         print(f"error: no runs in {uri}; run `python -m sr_ablate` first", file=sys.stderr)
         return 2
     names = args.names or sorted(runs["experiment"].unique())
     for name in names:
-        sub = select(runs, name)
+        sub = select(runs, name, parents)
         if sub.empty:
             print(f"error: {name!r} is neither an experiment nor a sweep id; experiments: "
                   f"{', '.join(sorted(runs['experiment'].unique()))}", file=sys.stderr)
@@ -345,13 +303,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.names and (out / ".runs").is_file() and (out / ".runs").read_text() == stamp:
             print(f"{out}: up to date")
             continue
-        baseline = _parse_baseline(args.baseline) or baseline_of(sub, [
-            tracking.sweep_definition(uri, s) or "" for s in
-            sub.get("tag:sr_ablate.sweep_id", pd.Series(dtype=str)).dropna().unique()])
+        definitions = [tracking.sweep_definition(uri, s) or "" for s in
+                       sub.get("tag:sr_ablate.sweep_id", pd.Series(dtype=str)).dropna().unique()]
+        baseline = _parse_baseline(args.baseline) or baseline_of(sub, definitions)
         with tempfile.TemporaryDirectory() as tmp:
             per_image = report_html.fetch_per_image(uri, sub, Path(tmp))
             write(sub, out, name, baseline, per_image,
-                  figures=lambda g, t, d, s: report_html.figures(uri, g, t, d, s))
+                  figures=lambda g, t, d, s: report_html.figures(uri, g, t, d, s),
+                  rises=rises_of(uri, sub), expected=expected_variants(definitions),
+                  failures=failures_of(parents, sub))
         (out / ".runs").write_text(stamp)
         print(f"{out / 'results.md'}\n{(out / 'results.md').read_text()}")
     return 0

@@ -1,20 +1,28 @@
-"""The report's figures (matplotlib, PNG) and its self-contained ``index.html``.
+"""The report's figures (PNG: charts by ``report_plots``, crop grid here) and ``index.html``.
 
-Figures per fingerprint group: validation PSNR and training loss against step (mean line over
-seeds, band = min..max), PSNR against each numeric factor (e.g. block count) with 95% CI error
-bars, PSNR against parameters / GFLOPs / ms per frame with the Pareto front marked, and a grid
-of the same zoomed crop: HR, bicubic, then every variant's output.
+Figures per table: validation PSNR and training loss against step (mean line over seeds,
+band = min..max), PSNR against each numeric factor (e.g. block count) one line per model
+family, PSNR against parameters / GFLOPs / ms per frame with the Pareto front marked (all
+with the bicubic level dashed and 95% CI error bars where n >= 2), and a grid of the same
+zoomed crop: HR, bicubic, then every variant's output.
 """
 from __future__ import annotations
 
 import base64
 import html
+import math
+import string
+import tempfile
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
-from sr_ablate.report import factors
+from sr_ablate import report_plots as rp
+from sr_ablate.report_table import factors
 
 DPI = 110
 
@@ -31,134 +39,125 @@ def fetch_per_image(uri: str, runs: pd.DataFrame, tmp: Path) -> dict[str, pd.Dat
     return out
 
 
-def _label(row: pd.Series, keys: list[str]) -> str:
-    return " ".join(f"{k}={row[k]}" for k in keys) or "all runs"
+def psnr_column(table: pd.DataFrame) -> str:
+    """The first set's PSNR column (``val/psnr``): what the figures plot."""
+    return next(c for c in table.columns if c.endswith("/psnr") and "bicubic" not in c)
 
 
-def _members(group: pd.DataFrame, table: pd.DataFrame, keys: list[str]):
-    """(label, runs of that variant) per table row."""
-    for _, row in table.iterrows():
-        short = set(row["run_id"].split())
-        yield _label(row, keys), group[group["run_id"].str[:8].isin(short)]
-
-
-def figures(uri: str, group: pd.DataFrame, table: pd.DataFrame, out_dir: Path,
-            suffix: str) -> list[str]:
-    """Draw the plots of one fingerprint group into ``out_dir/plots``; their relative paths."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def draw(uri: str, group: pd.DataFrame, table: pd.DataFrame) -> dict[str, Figure]:
+    """The figures of one table, unsaved: {file stem: matplotlib Figure}, e.g. ``curves``,
+    ``psnr_vs_model_blocks``, ``pareto``, ``crops`` (a figure with nothing to show is left out)."""
     from sr_ablate import tracking
 
-    plots = out_dir / "plots"
-    plots.mkdir(exist_ok=True)
     done = group[group["status"] == "FINISHED"]
-    keys = factors(done)
-    written = []
-    psnr = next(c for c in table.columns if c.endswith("/psnr") and "bicubic" not in c)
-    first_set = psnr.split("/")[0]
+    keys = [k for k in factors(done) if k in table]
+    labels = rp.variant_labels(table, keys)
+    runs = rp.members(done, table)
+    psnr = psnr_column(table)
+    set_name = psnr.split("/")[0]
+    out: dict[str, Figure] = {}
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for label, runs in _members(done, table, keys):
-        for ax, key in zip(axes, (psnr, "train/loss")):
-            curves = [dict(tracking.metric_history(uri, r, key)) for r in runs["run_id"]]
-            steps = sorted(set().union(*curves))
-            values = np.array([[c.get(s, np.nan) for s in steps] for c in curves])
-            line, = ax.plot(steps, np.nanmean(values, axis=0), label=label)
-            if len(curves) > 1:
-                ax.fill_between(steps, np.nanmin(values, axis=0), np.nanmax(values, axis=0),
-                                color=line.get_color(), alpha=0.2)
-    for ax, key in zip(axes, (f"{first_set} PSNR (dB)", "training loss")):
-        ax.set_xlabel("step")
-        ax.set_ylabel(key)
-        ax.grid(alpha=0.3)
-    axes[1].set_yscale("log")
-    axes[0].legend(fontsize=7)
-    written.append(_save(fig, plots / f"curves{suffix}.png", out_dir))
+    def history(run_ids, key):
+        return [dict(tracking.metric_history(uri, r, key)) for r in run_ids]
+    histories = [(label, history(r["run_id"], psnr), history(r["run_id"], "train/loss"))
+                 for label, r in zip(labels, runs)]
+    out["curves"] = rp.curves(histories, list(table[f"{set_name}/bicubic_psnr"]), set_name)
 
-    numeric = [k for k in keys if pd.api.types.is_numeric_dtype(table[k])]
-    for k in numeric:
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        t = table.sort_values(k)
-        ax.errorbar(t[k], t[psnr], yerr=t[f"{psnr}_ci"].fillna(0), marker="o", capsize=4)
-        ax.set_xlabel(k)
-        ax.set_ylabel(f"{first_set} PSNR (dB), mean ± 95% CI")
-        ax.grid(alpha=0.3)
-        written.append(_save(fig, plots / f"psnr_vs_{k.replace('.', '_')}{suffix}.png",
-                             out_dir))
+    family, seen = rp.row_families(runs), []
+    for k in keys:
+        column = list(table[k].map(str))
+        if k in rp.FAMILY_KEYS or column in seen:  # e.g. scale and model.scale: one plot
+            continue
+        fig = rp.factor_plot(table, k, psnr, family, keys)
+        if fig is not None:
+            out[f"psnr_vs_{k.replace('.', '_')}"] = fig
+            seen.append(column)
 
     costs = [c for c in ("model/params", "model/gflops", "model/ms_per_frame")
              if c in table and table[c].notna().any()]
     if costs:
-        fig, axes = plt.subplots(1, len(costs), figsize=(5 * len(costs), 4), squeeze=False)
-        for ax, c in zip(axes[0], costs):
-            ax.errorbar(table[c], table[psnr], yerr=table[f"{psnr}_ci"].fillna(0),
-                        fmt="o", capsize=3, color="tab:blue")
-            front = pareto(table[c].to_numpy(), table[psnr].to_numpy())
-            f = table.iloc[front].sort_values(c)
-            ax.plot(f[c], f[psnr], "r--", marker="*", markersize=12, label="Pareto front")
-            ax.set_xlabel(c)
-            ax.set_ylabel(f"{first_set} PSNR (dB)")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        written.append(_save(fig, plots / f"pareto{suffix}.png", out_dir))
-
-    grid = image_grid(uri, done, table, keys, plots / f"crops{suffix}.png", out_dir)
-    return written + ([grid] if grid else [])
-
-
-def pareto(cost: np.ndarray, quality: np.ndarray) -> list[int]:
-    """Indices of the points no other point beats: lower-or-equal cost and higher-or-equal
-    quality, strictly better in one."""
-    out = []
-    for i in range(len(cost)):
-        if not any(cost[j] <= cost[i] and quality[j] >= quality[i]
-                   and (cost[j] < cost[i] or quality[j] > quality[i]) for j in range(len(cost))):
-            out.append(i)
+        out["pareto"] = rp.pareto_plot(table, costs, psnr)
+    tiles = crop_tiles(uri, runs, labels)
+    if tiles:
+        out["crops"] = crop_grid(tiles)
     return out
 
 
-def image_grid(uri, done, table, keys, path: Path, out_dir: Path) -> str | None:
-    """HR | bicubic | each variant's output, the same centre crop (from each variant's first
-    run's ``comparison.png`` = bicubic | SR | HR), zoomed 2x without smoothing."""
-    import tempfile
+def figures(uri: str, group: pd.DataFrame, table: pd.DataFrame, out_dir: Path,
+            suffix: str) -> list[str]:
+    """Draw the plots of one table into ``out_dir/plots``; their paths relative to ``out_dir``."""
+    plots = out_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    written = []
+    for stem, fig in draw(uri, group, table).items():
+        path = plots / f"{stem}{suffix}.png"
+        # tight: whatever was drawn outside the axes (legends, keys) is kept, not cropped
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+        written.append(str(path.relative_to(out_dir)))
+    return written
 
-    import matplotlib.pyplot as plt
+
+def crop_tiles(uri: str, runs: list[pd.DataFrame], labels: list[str]
+               ) -> list[tuple[str, np.ndarray]]:
+    """HR, bicubic, then each variant's SR tile of the same centre crop, from each variant's
+    first run's ``comparison.png`` (bicubic | SR | HR); HR and bicubic from the first colour
+    one, so that a gray (older Y-model) image does not make them gray."""
     from PIL import Image
 
     from sr_ablate import tracking
 
-    tiles, hr = [], None
+    found = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, runs in _members(done, table, keys):
-            p = tracking.fetch_artifact(uri, runs["run_id"].iloc[0], "comparison.png",
-                                        Path(tmp) / label.replace("/", "_"))
-            if p is None:
+        for i, (label, r) in enumerate(zip(labels, runs)):
+            if r.empty:
                 continue
-            img = np.asarray(Image.open(p))
-            w = img.shape[1] // 3
-            if hr is None:
-                hr, bic = img[:, 2 * w:], img[:, :w]
-                tiles += [("HR", hr), ("bicubic", bic)]
-            tiles.append((label, img[:, w:2 * w]))
-    if not tiles:
-        return None
-    fig, axes = plt.subplots(1, len(tiles), figsize=(2.2 * len(tiles), 2.6), squeeze=False)
-    for ax, (label, tile) in zip(axes[0], tiles):
+            p = tracking.fetch_artifact(uri, r["run_id"].iloc[0], "comparison.png",
+                                        Path(tmp) / str(i))
+            if p is not None:
+                found.append((label, np.asarray(Image.open(p))))
+    if not found:
+        return []
+    ref = next((img for _, img in found if img.ndim == 3), found[0][1])
+    w = ref.shape[1] // 3
+    tiles = [("HR", ref[:, 2 * w:]), ("bicubic", ref[:, :w])]
+    return tiles + [(label, img[:, img.shape[1] // 3: 2 * (img.shape[1] // 3)])
+                    for label, img in found]
+
+
+def crop_grid(tiles: list[tuple[str, np.ndarray]], tile_in: float = 2.2,
+              max_lines: int = 3) -> Figure:
+    """The same crop side by side (uint8 (h, w) or (h, w, 3) each), zoomed without
+    smoothing; titles wrapped to their tile's width, or, when that takes more than
+    ``max_lines`` lines, letters A, B... with a key below the tiles."""
+    fig = Figure(figsize=(tile_in * len(tiles), tile_in + 0.6), layout="constrained")
+    axes = fig.subplots(1, len(tiles), squeeze=False)[0]
+    for ax, (_, tile) in zip(axes, tiles):
         ax.imshow(tile, cmap="gray" if tile.ndim == 2 else None, interpolation="nearest",
                   vmin=0, vmax=255)
-        ax.set_title(label, fontsize=7)
         ax.axis("off")
-    return _save(fig, path, out_dir)
-
-
-def _save(fig, path: Path, out_dir: Path) -> str:
-    import matplotlib.pyplot as plt
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return str(path.relative_to(out_dir))
+    # a first guess from the average glyph width, narrowed until every title fits its tile
+    width = math.floor(tile_in * 72 / (0.55 * rp.FONT))
+    while width >= 8:
+        titles = [textwrap.fill(label, width) for label, _ in tiles]
+        if max(t.count("\n") + 1 for t in titles) > max_lines:
+            break
+        for ax, t in zip(axes, titles):
+            ax.set_title(t, fontsize=rp.FONT)
+        fig.draw_without_rendering()
+        if all(ax.title.get_window_extent().width <= ax.get_window_extent().width
+               for ax in axes):
+            return fig
+        width -= 4
+    keys = iter(string.ascii_uppercase + string.ascii_lowercase)
+    key = {label: (label if label in ("HR", "bicubic") else next(keys, "?"))
+           for label, _ in tiles}
+    for ax, (label, _) in zip(axes, tiles):
+        ax.set_title(key[label], fontsize=rp.FONT)
+    # a legend without handles is the key's caption
+    rp.legend_below(fig, [], {f"{k}: {textwrap.fill(label, 80)}": Patch(visible=False)
+                              for label, k in key.items() if k != label},
+                    handlelength=0, handletextpad=0)
+    return fig
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
@@ -171,8 +170,8 @@ p.note{max-width:60em}"""
 def page(name: str, intro: str, sections: list[dict], out_dir: Path) -> str:
     """A self-contained HTML page: tables inline, plots embedded as data URIs."""
     esc = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(name)}</title>"
-             f"<style>{STYLE}</style></head><body><h1>{esc(name)}</h1>"]
+    parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(name)}</title>"
+              f"<style>{STYLE}</style></head><body><h1>{esc(name)}</h1>")]
     if intro:
         parts.append(f"<p class='note'>{esc(intro)}</p>")
     for sec in sections:
@@ -180,6 +179,9 @@ def page(name: str, intro: str, sections: list[dict], out_dir: Path) -> str:
         if sec["table"] is not None:
             parts.append("<div style='overflow-x:auto'>" + sec["table"].to_html(
                 index=False, escape=True, na_rep="") + "</div>")
+        if sec.get("lines"):  # the verdicts: one per comparison with the baseline
+            parts.append("<ul class='verdicts'>" + "".join(
+                f"<li>{esc(line)}</li>" for line in sec["lines"]) + "</ul>")
         for rel in sec["images"]:
             data = base64.b64encode((out_dir / rel).read_bytes()).decode()
             parts.append(f"<img alt='{esc(Path(rel).stem)}' src='data:image/png;base64,{data}'>")

@@ -103,13 +103,20 @@ def test_table_numbers_equal_the_mlflow_metrics(reported):
     assert b1["val/dpsnr_baseline"] == pytest.approx(b1["val/psnr"] - b2["val/psnr"])
     assert b2["val/dpsnr_baseline"] == 0 and np.isnan(b2["val/p_baseline"])
 
-    def psnr(run):  # per image, ordered by seed then image
+    def psnr(run):  # per image, ordered by image name
         rows = per_image[run.info.run_id]
         return rows[rows["set"] == "val"].sort_values("image")["psnr"].to_numpy()
-    a = np.concatenate([psnr(r) for r in sorted(mine["b1"], key=lambda r: r.data.params["seed"])])
-    b = np.concatenate([psnr(r) for r in sorted(mine["b2"], key=lambda r: r.data.params["seed"])])
+    # the unit is the image: each variant's per-image PSNR averaged over its 2 seeds first
+    a = np.mean([psnr(r) for r in mine["b1"]], axis=0)
+    b = np.mean([psnr(r) for r in mine["b2"]], axis=0)
+    assert len(a) == 8  # the built-in validation photographs
     expected = stats.wilcoxon(a - b, zero_method="zsplit").pvalue
     assert b1["val/p_baseline"] == pytest.approx(expected)
+    assert b1["val/n_images"] == 8
+    d = a - b
+    half = stats.t.ppf(0.975, 7) * d.std(ddof=1) / np.sqrt(8)
+    assert (b1["val/dpsnr_lo"], b1["val/dpsnr_hi"]) == pytest.approx(
+        (d.mean() - half, d.mean() + half))
     assert b1["val/p_holm"] == pytest.approx(expected)  # one comparison: Holm changes nothing
 
 

@@ -1,0 +1,189 @@
+"""The result table: MLflow runs -> one row per variant, with the statistics of each row.
+
+Runs differing only in ``seed`` are repeats of one variant and pooled (mean, 95% CI over
+seeds); a configuration run again with ``sweep.force=true`` replaces its earlier run; each
+variant is compared with the baseline over the evaluation images (``sr_ablate.stats``).
+Column names are the MLflow names (``model.blocks``, ``val/psnr``), which are also the
+override keys.
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from sr_ablate.stats import diff_ci, holm, mean_ci, paired_p, seed_mean
+
+COST = ["train/loss", "model/params", "model/gflops", "model/ms_per_frame",
+        "model/s_per_30_frames", "wall_s"]
+SET_METRICS = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
+WITH_CI = ("psnr", "ssim")
+# Params that differ between runs without being a design choice.
+NOT_FACTORS = {"tracking.uri", "tracking.experiment", "trainer.progress", "trainer.device",
+               "sweep.force", "sweep.trials", "sweep.storage", "sweep.workers"}
+# Params swept to repeat a configuration, not to compare designs: their runs are pooled.
+REPEATS = ("seed",)
+ALPHA = 0.05
+
+
+def _number(value):
+    """'12' -> 12, '1e-4' -> 0.0001, 'true' -> 'true': params come back from MLflow as strings."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return value
+    return int(f) if f.is_integer() and "." not in str(value) and "e" not in str(value) else f
+
+
+def factors(runs: pd.DataFrame) -> list[str]:
+    """Swept parameters: params whose value differs between runs; keys the runs' command
+    lines overrode come first, in the order typed."""
+    meta = {"run_id", "status", "experiment", "start_time", "end_time"}
+    varying = [c for c in runs.columns
+               if c not in meta and "/" not in c and not c.startswith("tag:")
+               and c not in NOT_FACTORS and c not in REPEATS
+               and runs[c].astype(str).nunique(dropna=False) > 1]
+    typed: list[str] = []
+    for text in runs.get("tag:overrides", pd.Series(dtype=str)).fillna(""):
+        for item in text.split():
+            key = item.split("=", 1)[0].lstrip("+~")
+            if key in varying and key not in typed:
+                typed.append(key)
+    return typed + [c for c in varying if c not in typed]
+
+
+def eval_sets(runs: pd.DataFrame) -> list[str]:
+    """Evaluation set prefixes (``val``, ``Set5``, ``val_x3``...) the runs logged, ``val`` first."""
+    return sorted({c.split("/")[0] for c in runs.columns
+                   if "/" in c and c.split("/", 1)[1] in SET_METRICS},
+                  key=lambda n: (n != "val", n)) or ["val"]
+
+
+def _sort(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    if keys:
+        table = table.sort_values(keys, key=lambda s: s.map(lambda v: (isinstance(v, str), v)))
+    return table.reset_index(drop=True)
+
+
+def latest_per_config(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The FINISHED runs, only the newest per configuration and seed (config hash): a
+    configuration run again with ``sweep.force=true`` replaces its earlier run instead of
+    counting as another repeat. Returns (runs kept, number of older runs left out)."""
+    done = runs[runs["status"] == "FINISHED"]
+    col = "tag:sr_ablate.config_hash"
+    if col not in done or done.empty:
+        return done, 0
+    newest = done.sort_values("start_time").groupby(
+        done[col].fillna(done["run_id"]), sort=False).tail(1)
+    return done.loc[done.index.isin(newest.index)], len(done) - len(newest)
+
+
+def families(runs: pd.DataFrame) -> list[pd.DataFrame]:
+    """Runs split by model family (the model's class, tag ``model.class``, else the ``model``
+    option; compared in lower case: srresnet, vdsr...): families that no single sweep
+    compared never share a table. A sweep that ran several families (``-m
+    model=srcnn,vdsr``) keeps them together. Largest group first."""
+    if runs.empty:
+        return []
+    nothing = pd.Series(index=runs.index, dtype=object)
+    fam = runs.get("tag:model.class", nothing).fillna(runs.get("model", nothing))
+    fam = fam.fillna("?").astype(str).str.lower()
+    parent = {f: f for f in fam.unique()}
+
+    def root(f):
+        while parent[f] != f:
+            f = parent[f]
+        return f
+    for ids in runs.groupby(runs.get("tag:sr_ablate.sweep_id", pd.Series(
+            index=runs.index, dtype=str)).fillna(runs["run_id"])).groups.values():
+        names = fam.loc[ids].unique()
+        for other in names[1:]:
+            parent[root(other)] = root(names[0])
+    groups = [runs[fam.map(root) == r] for r in dict.fromkeys(fam.map(root))]
+    return sorted(groups, key=lambda g: -len(g))
+
+
+def results_table(runs: pd.DataFrame, baseline: dict | None = None,
+                  per_image: dict[str, pd.DataFrame] | None = None,
+                  rises: dict[str, float] | None = None) -> pd.DataFrame:
+    """One row per variant of the FINISHED runs: ``run_id`` (short ids), the factors, ``n``,
+    ``seed`` (the pooled seeds), per set ``<set>/psnr`` (mean over seeds), ``<set>/psnr_ci``
+    (95% half width over seeds), the same for SSIM, bicubic means, ``<set>/dpsnr_bicubic``;
+    ``val_rise`` (dB the mean validation curve gained at its last evaluation, from
+    ``rises[run_id]``). With a ``baseline`` ({factor: value}) also, per set,
+    ``<set>/dpsnr_baseline`` with its 95% interval over images ``<set>/dpsnr_lo|hi``,
+    ``<set>/n_images`` and ``<set>/p_baseline`` (Wilcoxon over images of the per-image PSNR
+    averaged over each variant's seeds, from ``per_image[run_id]``) and ``<set>/p_holm``
+    (Holm over every variant x set of the table); then the cost columns."""
+    done = runs[runs["status"] == "FINISHED"].dropna(axis=1, how="all")
+    keys, sets = factors(done), eval_sets(done)
+    groups = list(done.groupby(keys, sort=False, dropna=False)) if keys else [((), done)]
+    rows, members = [], []
+    for key, g in groups:
+        row = {"run_id": " ".join(g["run_id"].str[:8]), **dict(zip(keys, map(_number, key))),
+               "n": len(g), "seed": ",".join(sorted(g.get("seed", pd.Series(["0"])).astype(str),
+                                                    key=_number))}
+        for s in sets:
+            for m in SET_METRICS:
+                col = f"{s}/{m}"
+                values = g[col] if col in g else pd.Series(dtype=float)
+                if m in WITH_CI:
+                    row[col], row[f"{col}_ci"] = mean_ci(values)
+                else:
+                    row[col] = values.mean()
+            row[f"{s}/dpsnr_bicubic"] = row[f"{s}/psnr"] - row[f"{s}/bicubic_psnr"]
+        row["val_rise"] = pd.Series([(rises or {}).get(r, math.nan) for r in g["run_id"]],
+                                    dtype=float).mean()
+        g_wall = (g["end_time"] - g["start_time"]) / 1000 if "end_time" in g else None
+        for c in COST:
+            row[c] = g_wall.mean() if c == "wall_s" and g_wall is not None else (
+                g[c].mean() if c in g else math.nan)
+        rows.append(row)
+        members.append(g)
+    table = pd.DataFrame(rows)
+    base = _find(table, baseline) if baseline else None
+    if base is not None:
+        family = []
+        for s in sets:
+            table[f"{s}/dpsnr_baseline"] = table[f"{s}/psnr"] - table.loc[base, f"{s}/psnr"]
+            for c in ("dpsnr_lo", "dpsnr_hi", "n_images", "p_baseline", "p_holm"):
+                table[f"{s}/{c}"] = math.nan
+            b = _seed_mean(members[base], s, per_image)
+            for i in range(len(table)):
+                if i == base:
+                    continue
+                a = _seed_mean(members[i], s, per_image)
+                both = a.index.intersection(b.index)
+                _, lo, hi = diff_ci(a[both], b[both]) if len(both) else (math.nan,) * 3
+                table.loc[i, [f"{s}/dpsnr_lo", f"{s}/dpsnr_hi", f"{s}/n_images",
+                              f"{s}/p_baseline"]] = [lo, hi, len(both),
+                                                     paired_p(a[both], b[both])]
+                family.append((i, s))
+        # Holm over the whole family this table tests: every variant x set (x scale)
+        adjusted = holm([table.loc[i, f"{s}/p_baseline"] for i, s in family])
+        for (i, s), p in zip(family, adjusted):
+            table.loc[i, f"{s}/p_holm"] = p
+    table["baseline"] = [i == base for i in range(len(table))]
+    return _sort(table, keys)
+
+
+def _find(table: pd.DataFrame, baseline: dict) -> int | None:
+    """Row index of the baseline variant: every {key: value} of ``baseline`` matches."""
+    for i, row in table.iterrows():
+        if all(k in table.columns and str(row[k]) == str(_number(v)) for k, v in
+               baseline.items()):
+            return i
+    return None
+
+
+def _seed_mean(runs: pd.DataFrame, s: str, per_image: dict[str, pd.DataFrame] | None
+               ) -> pd.Series:
+    """Per-image PSNR on set ``s`` of a variant's runs, averaged over its seeds (index: image
+    name): the unit a paired test compares."""
+    series = []
+    for run_id in runs["run_id"]:
+        rows = (per_image or {}).get(run_id)
+        if rows is not None:
+            rows = rows[rows["set"] == s]
+            series.append(rows.set_index("image")["psnr"].astype(float))
+    return seed_mean(series).dropna()

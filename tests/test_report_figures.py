@@ -1,0 +1,235 @@
+"""The report's figures from real smoke runs in a real MLflow store, checked on matplotlib's
+own layout: legends inside the figure and off every plot, labels naming only what differs,
+PSNR-vs-factor lines only within one model family, the bicubic level drawn, error bars only
+where seeds were pooled, crop titles that do not run into each other; and a Y-channel
+model's comparison crops in colour."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+from matplotlib.container import ErrorbarContainer
+from matplotlib.legend import Legend
+from PIL import Image
+
+from sr_ablate import report_html, tracking
+from sr_ablate.report import results_table
+
+# (model, blocks, seed): two SRResNet depths x two seeds, two VDSR (Y channel) depths.
+RUNS = [("srresnet", 1, 0), ("srresnet", 1, 1), ("srresnet", 2, 0), ("srresnet", 2, 1),
+        ("vdsr", 3, 0), ("vdsr", 4, 0)]
+ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "SR_ABLATE_PARENT_RUN_ID", "SR_ABLATE_SWEEP_ID")
+
+
+@pytest.fixture(scope="module")
+def smoke_store(tmp_path_factory):
+    """The six runs of RUNS, launched as the CLI does (config group choices recorded);
+    (uri, runs frame)."""
+    from sr_ablate.preflight import compose_job
+    from sr_ablate.run import run
+
+    cwd = tmp_path_factory.mktemp("figures")
+    base = [a for a in TINY if not a.startswith("model.blocks")] + ["tracking.checkpoint=false"]
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ENV:
+            mp.delenv(var, raising=False)
+        for model, blocks, seed in RUNS:
+            typed = [f"model={model}", f"model.blocks={blocks}", f"seed={seed}"]
+            cfg, choices = compose_job(typed + base)
+            run(cfg, cwd=str(cwd), overrides=typed, choices=choices)
+    uri = f"sqlite:///{cwd / 'mlflow.db'}"
+    return uri, tracking.runs_frame(uri)
+
+
+def subset(runs, keep):
+    """(group, its results table) of the runs whose (model, blocks, seed) is in ``keep``."""
+    key = list(zip(runs["model"], runs["model.blocks"].astype(int), runs["seed"].astype(int)))
+    group = runs[[k in keep for k in key]]
+    return group, results_table(group)
+
+
+def draw(smoke_store, keep):
+    uri, runs = smoke_store
+    group, table = subset(runs, keep)
+    return report_html.draw(uri, group, table), table
+
+
+def overlap(a, b, tol=0.5) -> bool:
+    return a.x0 < b.x1 - tol and b.x0 < a.x1 - tol and a.y0 < b.y1 - tol and b.y0 < a.y1 - tol
+
+
+def legends(fig) -> list[Legend]:
+    return [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+
+
+def data_lines(ax):
+    """The plotted PSNR series: lines with markers (bicubic levels have none)."""
+    return [ln for ln in ax.get_lines() if ln.get_marker() not in (None, "None", "")
+            and not ln.get_label().startswith(("bicubic", "Pareto", "_"))]
+
+
+def test_legends_lie_inside_the_figure_and_off_every_plot(smoke_store):
+    figs, _ = draw(smoke_store, RUNS)
+    assert {"curves", "psnr_vs_model_blocks", "pareto", "crops"} <= set(figs)
+    for name, fig in figs.items():
+        fig.draw_without_rendering()
+        box = fig.bbox
+        for leg in legends(fig):
+            ext = leg.get_window_extent()
+            assert box.x0 <= ext.x0 and ext.x1 <= box.x1 and box.y0 <= ext.y0 and \
+                ext.y1 <= box.y1, (name, ext, box)
+            for ax in fig.axes:  # neither the plotting area nor its tick labels and titles
+                assert not overlap(ext, ax.get_tightbbox()), (name, ext, ax.get_tightbbox())
+
+
+def test_labels_name_only_what_differs(smoke_store):
+    figs, _ = draw(smoke_store, RUNS[:4])  # SRResNet only: the block count is all that differs
+    (leg,) = figs["curves"].legends
+    assert [t.get_text() for t in leg.get_texts()] == ["model.blocks=1", "model.blocks=2",
+                                                       "bicubic"]
+    figs, table = draw(smoke_store, RUNS)  # two families: params of one are NaN for the other
+    labels = [t.get_text() for t in figs["curves"].legends[0].get_texts()]
+    assert len(labels) == len(table) + 1 and "nan" not in " ".join(labels)
+    assert labels[0].startswith("model=srresnet model.blocks=1")
+    assert labels[3].startswith("model=vdsr model.blocks=4")
+    assert not any("model.bn" in t or "model.residual" in t for t in labels)  # one value each
+
+
+def test_factor_plot_only_within_one_family_with_two_values(smoke_store):
+    figs, _ = draw(smoke_store, RUNS)
+    assert "psnr_vs_model_in_channels" not in figs  # 3 for SRResNet, 1 for VDSR: one each
+    assert "psnr_vs_model_head_kernel" not in figs  # SRResNet only, one value
+    (ax,) = figs["psnr_vs_model_blocks"].axes
+    lines = {ln.get_label(): sorted(ln.get_xdata()) for ln in data_lines(ax)}
+    assert lines == {"srresnet": [1, 2], "vdsr": [3, 4]}  # never 2 joined to 3
+    figs, _ = draw(smoke_store, RUNS[:4] + RUNS[4:5])  # VDSR with one depth: no VDSR line
+    (ax,) = figs["psnr_vs_model_blocks"].axes
+    assert [sorted(ln.get_xdata()) for ln in data_lines(ax)] == [[1, 2]]
+    figs, _ = draw(smoke_store, [RUNS[0], RUNS[4]])  # one depth per family: nothing to plot
+    assert not any(k.startswith("psnr_vs_") for k in figs)
+
+
+def test_bicubic_level_is_drawn_and_inside_the_y_range(smoke_store):
+    figs, table = draw(smoke_store, RUNS[:4])
+    level = table["val/bicubic_psnr"].iloc[0]
+    assert table["val/bicubic_psnr"].nunique() == 1 and level > table["val/psnr"].max()
+    for ax in (figs["curves"].axes[0], figs["psnr_vs_model_blocks"].axes[0],
+               *figs["pareto"].axes):
+        (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "bicubic"]
+        assert np.allclose(line.get_ydata(), level) and line.get_linestyle() == "--"
+        lo, hi = ax.get_ylim()
+        assert lo < level < hi
+
+
+def errorbar_spans(ax) -> list[float]:
+    """Heights of all error bars drawn on ``ax`` (each = 2 x the CI half-width)."""
+    out = []
+    for c in ax.containers:
+        if isinstance(c, ErrorbarContainer):
+            for coll in c.lines[2]:
+                out += [abs(s[1][1] - s[0][1]) for s in coll.get_segments()]
+    return out
+
+
+def test_error_bars_only_where_seeds_were_pooled(smoke_store):
+    single = [r for r in RUNS if r[2] == 0]
+    figs, table = draw(smoke_store, single)
+    assert set(table["n"]) == {1}
+    for ax in (*figs["psnr_vs_model_blocks"].axes, *figs["pareto"].axes):
+        assert errorbar_spans(ax) == [] and "single run (n=1)" in ax.get_title()
+    assert "single run (n=1)" in figs["curves"].axes[0].get_title()
+
+    figs, table = draw(smoke_store, RUNS)  # SRResNet n=2 per depth, VDSR n=1
+    ci = table.loc[table["n"] == 2, "val/psnr_ci"].to_numpy()
+    for ax in (*figs["psnr_vs_model_blocks"].axes, *figs["pareto"].axes):
+        assert sorted(errorbar_spans(ax)) == pytest.approx(sorted(2 * ci))
+        title = ax.get_title().replace("\n", " ")
+        assert "mean ± 95% CI over seeds (n=2)" in title and "n=1 points: single run" in title
+
+
+def title_boxes(fig):
+    fig.draw_without_rendering()
+    return [(ax.title.get_window_extent(), ax.get_window_extent()) for ax in fig.axes]
+
+
+def test_crop_titles_do_not_run_into_each_other(smoke_store):
+    figs, table = draw(smoke_store, RUNS)
+    boxes = title_boxes(figs["crops"])
+    assert len(boxes) == 2 + len(table)  # HR, bicubic, one per variant
+    texts = [ax.get_title() for ax in figs["crops"].axes]
+    assert texts[:2] == ["HR", "bicubic"] and all(texts)
+    for i, (a, ax_a) in enumerate(boxes):
+        assert a.width <= ax_a.width + 0.5  # wrapped to its tile
+        assert not any(overlap(a, b) for b, _ in boxes[i + 1:])
+    # labels too long to wrap in three lines: letters over the tiles, a key below them
+    tiles = [("HR", np.zeros((8, 8), np.uint8)), ("bicubic", np.zeros((8, 8), np.uint8))]
+    tiles += [(" ".join([f"model.blocks={i}"] * 12), np.zeros((8, 8), np.uint8))
+              for i in range(3)]
+    fig = report_html.crop_grid(tiles)
+    boxes = title_boxes(fig)
+    assert [ax.get_title() for ax in fig.axes] == ["HR", "bicubic", "A", "B", "C"]
+    assert not any(overlap(a, b) for i, (a, _) in enumerate(boxes) for b, _ in boxes[i + 1:])
+    (key,) = fig.legends
+    assert key.get_texts()[0].get_text().startswith("A: model.blocks=0")
+    assert all(not overlap(key.get_window_extent(), ax.get_tightbbox()) for ax in fig.axes)
+
+
+def test_y_model_comparison_is_in_colour(smoke_store, tmp_path):
+    uri, runs = smoke_store
+    vdsr = runs[runs["model"] == "vdsr"]["run_id"].iloc[0]
+    path = tracking.fetch_artifact(uri, vdsr, "comparison.png", tmp_path)
+    img = np.asarray(Image.open(path)).astype(int)
+    h = img.shape[0]
+    assert img.shape == (h, 3 * h, 3)
+    for tile in (img[:, :h], img[:, h:2 * h], img[:, 2 * h:]):  # bicubic, SR, HR
+        assert (tile.max(axis=2) != tile.min(axis=2)).mean() > 0.5  # mostly not gray
+
+
+def test_comparison_tiles_of_a_y_model():
+    """SR tile = the model's Y with the bicubic's chroma; bicubic tile = MATLAB bicubic of the
+    RGB LR; HR tile = the HR crop; each recomputed here from the library's own pieces."""
+    from sr_ablate.data import BUILTIN_VAL, builtin_dir, load_eval_images
+    from sr_ablate.degrade import bicubic_up, downscale
+    from sr_ablate.evaluate import YCBCR, Evaluator, colorize_y, quantize
+    from sr_ablate.metrics import rgb_to_y
+    from sr_ablate.models import VDSR
+    from sr_ablate.run import comparison_image
+
+    model = VDSR(in_channels=1, channels=8, blocks=1)
+    with torch.no_grad():  # output = bicubic Y + 5.1 levels: the SR Y differs from bicubic's
+        model.body[0].weight.zero_()
+        model.body[0].bias.fill_(0.02)
+    ev = Evaluator(load_eval_images([builtin_dir() / BUILTIN_VAL[0]], 2), 2)  # a colour photo
+    ev(model)
+    out = comparison_image(ev, crop=48)
+    assert out.shape == (3, 48, 144) and out.dtype == torch.uint8
+    bic, sr, gt = (out[..., i * 48:(i + 1) * 48].double() for i in range(3))
+    hr = ev.images[0][1]
+    h, w = hr.shape[-2:]
+    y, x = (h - 48) // 2, (w - 48) // 2
+
+    def crop(t):
+        return t[:, y:y + 48, x:x + 48]
+    assert torch.equal(gt, crop(hr.double()))
+    assert torch.equal(bic, crop(quantize(bicubic_up(downscale(hr.double(), 2), 2))))
+    y_model = crop(quantize(ev.last_outputs[0]))
+    assert (rgb_to_y(sr) - y_model).abs().median() <= 1  # up to rounding and clipping
+    assert (rgb_to_y(sr) - rgb_to_y(bic)).median() == pytest.approx(5.1, abs=1)
+
+    def chroma(t):
+        return torch.einsum("ij,jhw->ihw", YCBCR[1:], t / 255)
+    assert (chroma(sr) - chroma(bic)).abs().median() <= 1
+    assert (sr[0] - sr[1]).abs().mean() > 1  # not gray
+    rgb = crop(hr.double())  # Y with its own chroma gives the image back
+    assert torch.allclose(colorize_y(rgb_to_y(rgb), rgb), rgb, atol=1e-9)
+
+
+def test_figures_saves_what_it_draws(smoke_store, tmp_path):
+    uri, runs = smoke_store
+    group, table = subset(runs, RUNS)
+    paths = report_html.figures(uri, group, table, tmp_path, "-fp")
+    assert sorted(paths) == sorted(f"plots/{k}-fp.png" for k in report_html.draw(uri, group,
+                                                                                  table))
+    for p in paths:
+        assert Image.open(tmp_path / p).size[0] > 100
