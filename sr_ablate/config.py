@@ -80,6 +80,7 @@ class EvalConf:
     color: str = "y"               # y | rgb
     kernel: str = "bicubic"
     sets: list[str] = field(default_factory=lambda: ["val"])
+    final_sets: list[str] = field(default_factory=list)  # evaluated once, after the last step
     root: Optional[str] = None
     tile: int = 0
     frame: list[int] = field(default_factory=lambda: [256, 256])

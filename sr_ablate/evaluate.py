@@ -128,6 +128,7 @@ class Evaluator:
     protocol: Protocol = Protocol()
     prefix: str = "val"
     tile: int = 0
+    final: bool = False   # run once, after the last step (eval.final_sets), not at every eval
     per_image: list[dict] = field(default_factory=list)
     last_outputs: list[torch.Tensor] = field(default_factory=list)
     _cache: dict = field(default_factory=dict)

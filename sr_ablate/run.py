@@ -61,12 +61,13 @@ _evaluators: dict[tuple, Evaluator] = {}
 
 def build_evaluators(eval_cfg, scales: list[float], val_files: list[Path] | None
                      ) -> tuple[list[Evaluator], dict[str, str]]:
-    """One Evaluator per entry of ``eval.sets`` and scale (``val`` = the data's validation
-    files), and the protocol fingerprint tags over all sets. The first scale is the run's:
-    its metrics are ``<set>/psnr``; other scales' are ``<set>_x<s>/psnr``."""
+    """One Evaluator per entry of ``eval.sets`` + ``eval.final_sets`` and scale (``val`` =
+    the data's validation files; ``Evaluator.final`` marks the final sets' ones), and the
+    protocol fingerprint tags over all sets. The first scale is the run's: its metrics are
+    ``<set>/psnr``; other scales' are ``<set>_x<s>/psnr``."""
     protocol = Protocol(eval_cfg.protocol, eval_cfg.color, eval_cfg.kernel)
     evaluators, hashes = [], {}
-    for name in eval_cfg.sets:
+    for name in [*eval_cfg.sets, *eval_cfg.get("final_sets", [])]:
         if name == "val":
             if val_files is None:
                 continue
@@ -78,8 +79,10 @@ def build_evaluators(eval_cfg, scales: list[float], val_files: list[Path] | None
             prefix = name if i == 0 else f"{name}_x{s:g}"
             # one per process: its LR inputs and bicubic scores are computed once per sweep
             key = (data.files_key(files), s, protocol, prefix, eval_cfg.tile)
-            evaluators.append(data.memo(_evaluators, key, lambda: Evaluator(
-                data.load_eval_images(files, s), s, protocol, prefix=prefix, tile=eval_cfg.tile)))
+            ev = data.memo(_evaluators, key, lambda: Evaluator(
+                data.load_eval_images(files, s), s, protocol, prefix=prefix, tile=eval_cfg.tile))
+            ev.final = name not in eval_cfg.sets  # set per run: a sweep's jobs share evaluators
+            evaluators.append(ev)
     return evaluators, fingerprint(protocol, hashes)
 
 
@@ -245,7 +248,8 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
             checkpoint.set_rng_state(state["rng"])
         # compiled for training only: evaluation sees whole images of every size (no recompiles)
         trained = torch.compile(model) if t.compile else model
-        evaluate = evaluate_all(evaluators)
+        evaluate = evaluate_all([ev for ev in evaluators if not ev.final])
+        final_sets = evaluate_all([ev for ev in evaluators if ev.final])
         with checkpoint.stop_on_signals() as stop_requested:
             result = fit(trained, batches, optimizer, steps=t.steps, loss_fn=loss_fn,
                          eval_fn=lambda _: evaluate(model), log_fn=log_fn,
@@ -259,6 +263,9 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
                          stop_requested=stop_requested)
         if not result:  # resumed after its last step: outputs for the artifacts, not logged
             result = evaluate(model)
+        final = final_sets(model)  # eval.final_sets: once, after the last step
+        log_fn(t.steps, final)
+        result = {**result, **final}
         unsent = log.flush(cfg.tracking.flush_timeout)
         if unsent:  # the server is still down; the last checkpoint (at the last step) holds
             # every value unsent then, so resume=true finds them (resend skips any sent since)
