@@ -35,7 +35,14 @@ def load(name: str) -> dict:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
         raise UserError(f"no sweep file {path}; known sweeps: {known}")
-    spec = yaml.safe_load(path.read_text()) or {}
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise UserError(f"sweep file {path} is not valid YAML{where}: "
+                        f"{getattr(e, 'problem', None) or e}; quote overrides that hold "
+                        "brackets or commas, e.g. \"eval.sets=[val,set5]\"") from None
     unknown = set(spec) - KEYS
     if unknown:
         raise UserError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; a sweep file "

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from sr_ablate import UserError, sweep
 from sr_ablate.preflight import validate
 
-from conftest import REPO, cli, save_fake_vgg19
+from conftest import REPO, SHARED_DATA, cli, save_fake_vgg19
 
 SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
 
@@ -47,6 +47,8 @@ def test_variant_config_puts_group_choices_in_defaults():
     ("grid: {model.blocks: [1]}\n", "missing 'study: <name>'"),
     ("study: s\n", "give 'grid' or 'variants'"),
     ("study: s\nbaseline: x\nvariants: {a: []}\n", "baseline 'x' is not one of the variants"),
+    ("study: s\noverrides: [eval.sets=[val,set5]]\nvariants: {a: []}\n",
+     "is not valid YAML (line 2, column"),
 ])
 def test_bad_sweep_files(tmp_path, text, expected):
     f = tmp_path / "bad.yaml"
@@ -79,6 +81,12 @@ def test_sweep_runs_at_smoke_budget(tmp_path, name, monkeypatch):
         save_fake_vgg19(tmp_path / "torch")
         env["TORCH_HOME"] = str(tmp_path / "torch")
     search = ["sweep.trials=3"] if spec.get("optuna") else []  # the search path, shortened
+    if "final_sets" in yaml.safe_dump(spec):  # the standard sets, shortened to Set5
+        if not (SHARED_DATA / "Set5").is_dir():
+            pytest.skip(f"needs the Set5 images in {SHARED_DATA} (a user runs "
+                        "python -m sr_ablate.download set5)")
+        env["SR_ABLATE_DATA"] = str(SHARED_DATA)
+        search.append("eval.final_sets=[set5]")
     out = cli([f"sweep={name}", "trainer=smoke", "trainer.progress=false", *search], tmp_path,
               timeout=1200, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
