@@ -123,7 +123,10 @@ def write(runs: pd.DataFrame, out_dir: Path, name: str, baseline: dict | None = 
         lines = verdicts.lines(table, sets, lambda r, keys=keys: variant_label(r, keys), ALPHA)
         text = (f"{int(table['n'].sum())} finished runs in {len(table)} variants. Protocol: "
                 f"{protocol_line(group)}; PSNR/SSIM: mean ± 95% CI over seeds of each set's "
-                f"per-image mean. {_stats_note(table, baseline, sets, len(lines))}")
+                f"per-image mean. {_stats_note(table, baseline, sets, len(lines))} wall_s: "
+                "seconds from a run's start to its end on the machine that ran it, "
+                "comparable only between runs on one otherwise idle machine "
+                "(python -m sr_ablate.bench measures speed).")
         images = figures(group, table, out_dir, suffix) if figures is not None else []
         sections.append({"title": f"{title} (results{suffix}.csv)", "text": text,
                          "table": shown, "images": images, "lines": lines})

@@ -271,7 +271,8 @@ def run(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | None 
         if not result:  # resumed after its last step: outputs for the artifacts, not logged
             result = evaluate(model)
         final = final_sets(model)  # eval.final_sets: once, after the last step
-        log_fn(t.steps, final)
+        if final:
+            log_fn(t.steps, final)
         result = {**result, **final}
         unsent = log.flush(cfg.tracking.flush_timeout)
         if unsent:  # the server is still down; the last checkpoint (at the last step) holds
