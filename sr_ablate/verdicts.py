@@ -9,7 +9,9 @@ A verdict is *better*, *worse*, *no detectable difference*, or *cannot tell* wit
   is not below alpha, no outcome of the test could be significant.
 
 Only when none of these holds does the Holm-corrected p decide between better/worse (p < alpha,
-by the sign of the difference) and no detectable difference.
+by the sign of the difference) and no detectable difference. The test is over images: with a
+single training run per variant, better/worse speaks of the two trained models, and the
+verdict says so (seeds measure whether the design, not one run, makes the difference).
 """
 from __future__ import annotations
 
@@ -60,7 +62,12 @@ def verdict(variant: pd.Series, base: pd.Series, s: str, alpha: float) -> str:
     if why:
         return "cannot tell: " + "; ".join(why)
     if p < alpha:
-        return "better" if variant[f"{s}/dpsnr_baseline"] > 0 else "worse"
+        word = "better" if variant[f"{s}/dpsnr_baseline"] > 0 else "worse"
+        if min(variant["n"], base["n"]) < 2:  # the test sees images, not training noise
+            word += (" (for these trained models: with one training run per variant the "
+                     "spread between runs is unknown; repeat with seed=0,1,2 to test the "
+                     "design)")
+        return word
     return "no detectable difference"
 
 

@@ -43,6 +43,12 @@ def test_verdict_words(variant, expected):
     assert verdict(variant, BASE, "s", 0.05) == expected
 
 
+def test_one_seed_each_says_what_better_means():
+    text = verdict(row(n=1), row(n=1, **{"s/dpsnr_baseline": 0.0}), "s", 0.05)
+    assert text.startswith("better (for these trained models: with one training run per "
+                           "variant the spread between runs is unknown")
+
+
 def test_an_undertrained_baseline_withholds_every_verdict():
     base = row(**{"s/dpsnr_bicubic": -3.4, "s/dpsnr_baseline": 0.0})
     assert verdict(row(), base, "s", 0.05) == "cannot tell: baseline below bicubic, undertrained"
