@@ -102,7 +102,7 @@ def test_factor_plot_only_within_one_family_with_two_values(smoke_store):
     assert "psnr_vs_model_head_kernel" not in figs  # SRResNet only, one value
     (ax,) = figs["psnr_vs_model_blocks"].axes
     lines = {ln.get_label(): sorted(ln.get_xdata()) for ln in data_lines(ax)}
-    assert lines == {"srresnet": [1, 2], "vdsr": [3, 4]}  # never 2 joined to 3
+    assert lines == {"SRResNet": [1, 2], "VDSR": [3, 4]}  # never 2 joined to 3
     figs, _ = draw(smoke_store, RUNS[:4] + RUNS[4:5])  # VDSR with one depth: no VDSR line
     (ax,) = figs["psnr_vs_model_blocks"].axes
     assert [sorted(ln.get_xdata()) for ln in data_lines(ax)] == [[1, 2]]
