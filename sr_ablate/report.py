@@ -142,7 +142,7 @@ def write(runs: pd.DataFrame, out_dir: Path, name: str, baseline: dict | None = 
         sections.append({"title": "No finished runs", "text": "", "table": None, "images": [],
                          "lines": []})
     intro_text = " ".join(intro)
-    md = [f"# {name}\n", intro_text] if intro_text else [f"# {name}\n"]
+    md = [f"# {name}\n", intro_text + "\n"] if intro_text else [f"# {name}\n"]
     for sec in sections:
         md.append(f"## {sec['title']}\n\n{sec['text']}\n")
         if sec["table"] is not None:
@@ -242,15 +242,18 @@ def expected_variants(definitions: list[str]) -> list[dict]:
     return [dict(t) for t in dict.fromkeys(tuple(e.items()) for e in out)]
 
 
-def failures_of(parents: pd.DataFrame, runs: pd.DataFrame) -> list:
-    """[job overrides, error] of the failed jobs the sweeps of ``runs`` recorded on their
-    parent runs, oldest sweep first."""
+def failures_of(parents: pd.DataFrame, runs: pd.DataFrame, name: str) -> list:
+    """[job overrides, error] of the failed jobs recorded on the parent runs of the sweeps of
+    ``runs``, of experiment ``name`` or of sweep ``name`` (a relaunch that only reused runs
+    and failed again has no runs of its own), oldest sweep first."""
     import json
     ids = set(runs.get("tag:sr_ablate.sweep_id", pd.Series(dtype=str)).dropna())
     col = "tag:sr_ablate.failed_jobs"
     if parents.empty or col not in parents:
         return []
-    mine = parents[parents["tag:sr_ablate.sweep_id"].isin(ids)].sort_values("start_time")
+    sweep = parents["tag:sr_ablate.sweep_id"]
+    mine = parents[sweep.isin(ids) | (sweep == name) | (parents["run_id"] == name)
+                   | (parents["experiment"] == name)].sort_values("start_time")
     return [f for text in mine[col].dropna() for f in json.loads(text)]
 
 
@@ -314,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             write(sub, out, name, baseline, per_image,
                   figures=lambda g, t, d, s: report_html.figures(uri, g, t, d, s),
                   rises=rises_of(uri, sub), expected=expected_variants(definitions),
-                  failures=failures_of(parents, sub))
+                  failures=failures_of(parents, sub, name))
         (out / ".runs").write_text(stamp)
         print(f"{out / 'results.md'}\n{(out / 'results.md').read_text()}")
     return 0

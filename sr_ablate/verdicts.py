@@ -61,6 +61,10 @@ def verdict(variant: pd.Series, base: pd.Series, s: str, alpha: float) -> str:
         why.append("no per-image results to pair")
     if why:
         return "cannot tell: " + "; ".join(why)
+    lo, hi = variant.get(f"{s}/dpsnr_lo", math.nan), variant.get(f"{s}/dpsnr_hi", math.nan)
+    if p < alpha and lo <= 0 <= hi:  # signed ranks and mean disagree: skewed differences
+        return (f"cannot tell: the signed-rank test (Holm p = {p:.2g}) and the mean difference's "
+                "95% interval, which holds 0, disagree (skewed per-image differences)")
     if p < alpha:
         word = "better" if variant[f"{s}/dpsnr_baseline"] > 0 else "worse"
         if min(variant["n"], base["n"]) < 2:  # the test sees images, not training noise

@@ -43,6 +43,12 @@ def test_verdict_words(variant, expected):
     assert verdict(variant, BASE, "s", 0.05) == expected
 
 
+def test_rank_test_and_interval_that_disagree_withhold_the_verdict():
+    text = verdict(row(**{"s/dpsnr_baseline": -0.01, "s/dpsnr_lo": -0.04, "s/dpsnr_hi": 0.03}),
+                   BASE, "s", 0.05)
+    assert text.startswith("cannot tell: the signed-rank test (Holm p = 0.001) and the mean")
+
+
 def test_one_seed_each_says_what_better_means():
     text = verdict(row(n=1), row(n=1, **{"s/dpsnr_baseline": 0.0}), "s", 0.05)
     assert text.startswith("better (for these trained models: with one training run per "
