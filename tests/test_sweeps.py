@@ -86,9 +86,11 @@ def test_sweep_runs_at_smoke_budget(tmp_path, name, monkeypatch):
             pytest.skip(f"needs the Set5 images in {SHARED_DATA} (a user runs "
                         "python -m sr_ablate.download set5)")
         env["SR_ABLATE_DATA"] = str(SHARED_DATA)
-        search.append("eval.final_sets=[set5]")
-    out = cli([f"sweep={name}", "trainer=smoke", "trainer.progress=false", *search], tmp_path,
-              timeout=1200, env=env)
+        sets = ["eval.final_sets=[set5]"]
+    else:
+        sets = []
+    out = cli([f"sweep={name}", "trainer=smoke", "trainer.progress=false", *search, *sets],
+              tmp_path, timeout=1200, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name(spec["study"])
