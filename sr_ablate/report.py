@@ -131,7 +131,7 @@ def write(runs: pd.DataFrame, out_dir: Path, name: str, baseline: dict | None = 
         sections.append({"title": f"{title} (results{suffix}.csv)", "text": text,
                          "table": shown, "images": images, "lines": lines})
         first = table if first is None else first
-    missing = [e for e in expected or [] if not _has_run(kept, e)]
+    missing = [e for e in expected or [] if _matching(kept, e).empty]
     if missing:
         intro.append("Missing (asked for by the sweep, no finished run): " + "; ".join(
             ", ".join(f"{k}={v}" for k, v in m.items()) + f" ({_why(runs, m, failures or [])})"
@@ -170,14 +170,14 @@ def _stats_note(table: pd.DataFrame, baseline: dict | None, sets: list[str], tes
             "reach α.")
 
 
-def _has_run(runs: pd.DataFrame, expected: dict) -> bool:
-    """Whether a run of ``runs`` has every {param: value} of ``expected``."""
+def _matching(runs: pd.DataFrame, expected: dict) -> pd.DataFrame:
+    """The runs of ``runs`` that have every {param: value} of ``expected``."""
     if runs.empty or any(k not in runs for k in expected):
-        return False
+        return runs.iloc[0:0]
     ok = pd.Series(True, index=runs.index)
     for k, v in expected.items():
         ok &= runs[k].astype(str) == str(v)
-    return bool(ok.any())
+    return runs[ok]
 
 
 def _why(runs: pd.DataFrame, expected: dict, failures: list) -> str:
@@ -188,9 +188,7 @@ def _why(runs: pd.DataFrame, expected: dict, failures: list) -> str:
         if all(f"{k}={v}" in tokens or (k == "variant" and f"study_variant={v}" in tokens)
                for k, v in expected.items()):
             return f"failed: {message}"
-    mine = runs[runs["status"] != "FINISHED"]
-    for k, v in expected.items():
-        mine = mine[mine[k].astype(str) == str(v)] if k in mine else mine.iloc[0:0]
+    mine = _matching(runs[runs["status"] != "FINISHED"], expected)
     if mine.empty:
         return "no run recorded: the job failed before training (see the sweep's output)"
     r = mine.sort_values("start_time").iloc[-1]
