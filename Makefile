@@ -28,10 +28,10 @@ sweep:  ## the block-count sweep: 4 runs under one parent run
 	$(PYTHON) -m sr_ablate -m model.blocks=8,12,16,24 $(ARGS)
 
 report:  ## write reports/<experiment>/results.{md,csv} from the MLflow store
-	$(PYTHON) -m sr_ablate.report $(ARGS)
+	$(PYTHON) -m sr_ablate report $(ARGS)
 
 bench:  ## speed: sr_ablate vs a bare loop and Lightning, fixed costs, evaluation, live model -> BENCHMARKS.md
-	$(PYTHON) -m sr_ablate.bench --md BENCHMARKS.md $(ARGS)
+	$(PYTHON) -m sr_ablate bench --md BENCHMARKS.md $(ARGS)
 
 ui:  ## MLflow UI on http://$(HOST):$(PORT) (local only unless HOST is changed)
 	$(PYTHON) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port $(PORT)

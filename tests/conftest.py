@@ -21,7 +21,7 @@ TINY = ["trainer=smoke", "model.blocks=1", "model.channels=8", "trainer.progress
 
 @pytest.fixture
 def compose():
-    from sr_ablate.preflight import compose as _compose
+    from sr_ablate.config.validation import compose as _compose
     return _compose
 
 
@@ -34,12 +34,13 @@ def store(tmp_path, monkeypatch):
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-def cli(args: list[str], cwd: Path, timeout: float = 300, module: str = "sr_ablate",
+def cli(args: list[str], cwd: Path, timeout: float = 300, command: str | None = None,
         env: dict | None = None):
-    """Run ``python -m sr_ablate ARGS`` in ``cwd`` like a user would; returns CompletedProcess."""
+    """Run ``python -m sr_ablate [COMMAND] ARGS`` in ``cwd`` like a user would (``command``:
+    evaluate, report, download, bench; none: train); returns CompletedProcess."""
     env = {**{k: v for k, v in os.environ.items()
               if not k.startswith(("MLFLOW_", "SR_ABLATE_"))}, **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "sr_ablate", *([command] if command else []), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -52,7 +53,7 @@ def save_fake_vgg19(torch_home: Path) -> Path:
     """A torchvision-format VGG19 ``features`` state dict with random values, where
     torch.hub looks for it: tests the VGG54 plumbing without any download."""
     import torch
-    from sr_ablate.losses import VGG19Features
+    from sr_ablate.training.losses import VGG19Features
     torch.manual_seed(0)
     path = torch_home / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +95,7 @@ class MlflowServer:
             cwd=self.folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             start_new_session=True)  # its own process group: stopped with all its workers
         deadline = time.time() + 120
-        while True:  # stop it only after it answered (design notes section 4)
+        while True:  # stop it only after it answered (docs/protocol.md#mlflow-pitfalls)
             try:
                 urllib.request.urlopen(f"{self.url}/health", timeout=2)
                 return self.url

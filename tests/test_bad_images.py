@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import TINY, cli
 from sr_ablate import UserError, data
-from sr_ablate.metrics import rgb_to_y
+from sr_ablate.core.metrics import rgb_to_y
 
 
 def photo(h: int = 24, w: int = 20) -> np.ndarray:
@@ -207,10 +207,10 @@ def test_validation_image_too_small_for_the_scale(tmp_path, compose):
         Image.fromarray(photo(40, 40)).save(root / name)
     Image.fromarray(photo(3, 3)).save(root / "z_tiny.png")  # sorts last: held out for validation
     cfg = compose([*TINY, "data=folder", f"data.root={root}", "data.val_count=1", "scale=4"])
-    _, val = data.build(cfg.data, scales=[4], patch_size=8)
+    _, val = data.training_files(cfg.data)
     assert val == [root / "z_tiny.png"]
     with pytest.raises(UserError) as e:
-        data.load_eval_images(val, 4)  # what run.build_evaluators does with eval.sets=[val]
+        data.load_eval_images(val, 4)  # what job.build_evaluators does with eval.sets=[val]
     assert str(e.value) == (f"{root / 'z_tiny.png'} is 0x0 after modcrop (3x3 before), smaller "
                             "than the 19x19 needed for evaluation (11x11 SSIM window + a 4-pixel "
                             "border each side); remove the image from the set or use a larger one")

@@ -90,12 +90,12 @@ def test_bad_input(tmp_path, case, multirun):
 def test_bad_input_found_before_the_run_opens(store, compose, tmp_path, args, expected):
     """Found while building the job (after the config checks): still one line, no run."""
     from sr_ablate import UserError
-    from sr_ablate.run import run
+    from sr_ablate.training.job import run_job
     if args == "one image":
         args = ["data=folder", f"data.root={good_folder(tmp_path / 'hr', n=1)}"]
     base = [a for a in TINY if not a.startswith("model.")] if "model=espcn" in args else TINY
     with pytest.raises(UserError) as e:
-        run(compose([*base, *args]), cwd=str(tmp_path))
+        run_job(compose([*base, *args]), cwd=str(tmp_path))
     assert expected in str(e.value) and "\n" not in str(e.value)
     db = tmp_path / "mlflow.db"
     assert not db.exists() or not MlflowClient(store).search_runs(

@@ -10,9 +10,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from sr_ablate import UserError, checkpoint, evaluate_cli
-from sr_ablate.config import config_hash
-from sr_ablate.run import build_model, run
+from sr_ablate import UserError
+from sr_ablate.training import checkpoint
+from sr_ablate.cli import evaluate
+from sr_ablate.config.hashing import config_hash
+from sr_ablate.training.job import instantiate_node, run_job
 
 from conftest import TINY, builtin_images
 
@@ -49,7 +51,7 @@ def test_disk_full_keeps_the_last_good_checkpoint_and_resume_finishes(
 
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(UserError) as e:
-        run(compose(SHORT), cwd=str(tmp_path))
+        run_job(compose(SHORT), cwd=str(tmp_path))
     msg = str(e.value)
     assert "\n" not in msg and "cannot write checkpoint" in msg and "free disk space" in msg
     assert "the previous checkpoint is kept" in msg
@@ -65,10 +67,10 @@ def test_disk_full_keeps_the_last_good_checkpoint_and_resume_finishes(
     monkeypatch.setattr(torch, "save", real_save)
     elsewhere = f"sqlite:///{tmp_path / 'other.db'}"
     with pytest.raises(UserError, match=f"belongs to MLflow run {r.info.run_id}, which is not in"):
-        run(compose([*SHORT, "resume=true", f"tracking.uri={elsewhere}"]), cwd=str(tmp_path))
+        run_job(compose([*SHORT, "resume=true", f"tracking.uri={elsewhere}"]), cwd=str(tmp_path))
     assert runs(elsewhere) == [] and good.exists()
 
-    run(compose([*SHORT, "resume=true"]), cwd=str(tmp_path))
+    run_job(compose([*SHORT, "resume=true"]), cwd=str(tmp_path))
     (r,) = runs(store)
     assert r.info.status == "FINISHED"
     assert steps_of(store, r.info.run_id) == [2, 4, 6]  # step 4 logged once, before and after
@@ -86,11 +88,11 @@ def resumable(model, run_id: str = "0" * 32) -> dict:
 def test_resume_from_a_checkpoint_of_another_architecture_is_one_line(store, compose, tmp_path):
     cfg = compose([*SHORT, "resume=true"])
     path = checkpoint.path_for(tmp_path, config_hash(cfg))
-    other = build_model({**cfg.model, "channels": 16})  # same class, other width
+    other = instantiate_node({**cfg.model, "channels": 16})  # same class, other width
     path.parent.mkdir(parents=True)
     torch.save(resumable(other), path)
     with pytest.raises(UserError) as e:
-        run(cfg, cwd=str(tmp_path))
+        run_job(cfg, cwd=str(tmp_path))
     msg = str(e.value)
     assert "\n" not in msg and "holds weights of another architecture than SRResNet" in msg
     assert "head.0.weight is 16x3x3x3 in the file, 8x3x3x3 here" in msg
@@ -101,9 +103,9 @@ def test_resume_from_a_file_that_is_no_resumable_checkpoint(store, compose, tmp_
     cfg = compose([*SHORT, "resume=true"])
     path = checkpoint.path_for(tmp_path, config_hash(cfg))
     path.parent.mkdir(parents=True)
-    torch.save({"model": build_model(cfg.model).state_dict(), "step": 6}, path)  # a final.pt
+    torch.save({"model": instantiate_node(cfg.model).state_dict(), "step": 6}, path)  # a final.pt
     with pytest.raises(UserError, match=r"is not a resumable checkpoint \(no optimizer, scheduler"):
-        run(cfg, cwd=str(tmp_path))
+        run_job(cfg, cwd=str(tmp_path))
     assert runs(store) == []
 
 
@@ -113,7 +115,7 @@ def test_resume_from_a_corrupt_checkpoint(store, compose, tmp_path):
     path.parent.mkdir(parents=True)
     path.write_bytes(b"\x80\x02 not a torch file")
     with pytest.raises(UserError) as e:
-        run(cfg, cwd=str(tmp_path))
+        run_job(cfg, cwd=str(tmp_path))
     msg = str(e.value)
     assert "\n" not in msg and f"checkpoint {path} cannot be read (UnpicklingError)" in msg
     assert "delete it to start this configuration afresh, or run without resume=true" in msg
@@ -123,7 +125,7 @@ def test_resume_from_a_corrupt_checkpoint(store, compose, tmp_path):
 def test_evaluating_a_final_checkpoint_whose_weights_do_not_fit_is_one_line(
         compose, tmp_path, capsys):
     cfg = compose(TINY)
-    other = build_model({**cfg.model, "blocks": 2})
+    other = instantiate_node({**cfg.model, "blocks": 2})
     ckpt = tmp_path / "final.pt"
     from omegaconf import OmegaConf
     torch.save({"model": other.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True),
@@ -132,7 +134,7 @@ def test_evaluating_a_final_checkpoint_whose_weights_do_not_fit_is_one_line(
     hr.mkdir()
     for src in builtin_images()[-2:]:
         shutil.copy(src, hr / src.name)
-    assert evaluate_cli.main([f"model={ckpt}", f"eval.data={hr}"]) == 2
+    assert evaluate.main([f"model={ckpt}", f"eval.data={hr}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds weights of another architecture" in err[0]
     assert "(unexpected body.1." in err[0]

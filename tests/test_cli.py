@@ -1,14 +1,23 @@
-"""The real command line: a 2-job ``-m`` sweep under one parent run, then ``make report``."""
+"""The real command line: a 2-job ``-m`` sweep under one parent run, then ``make report``;
+the tool's own ``--help`` and its commands' (``cli.main``); the user's own config folder
+(``--config-dir``) and sweep file, from another folder."""
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from conftest import REPO, TINY, cli
+from sr_ablate import UserError
+from sr_ablate.cli import main as cli_main
+from sr_ablate.cli import train
+from sr_ablate.config import CONF_DIR, SWEEPS_DIR, validation
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +99,188 @@ def test_a_diverging_job_fails_with_its_step_and_the_sweep_goes_on(tmp_path):
     assert bad.info.status == "FAILED" and good.info.status == "FINISHED"
     assert bad.data.tags["sr_ablate.error"].startswith("NonFiniteLoss: training loss is ")
     assert bad.data.tags["sr_ablate.error"].endswith(" at step 2")  # smoke: first log at 2
+
+
+# --- the tool's own --help ------------------------------------------------------------------
+
+GROUPS = sorted(d.name for d in Path(CONF_DIR).iterdir() if d.is_dir() and d.name != "hydra")
+
+
+def help_rows(text: str) -> dict[str, list[str]]:
+    """{group: its options as listed} from the help's "Config groups" block (wrapped rows
+    joined)."""
+    block = text.split("Config groups", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    rows: dict[str, str] = {}
+    for line in block:
+        if not line.startswith("   "):
+            name, _, line = line.strip().partition("=")
+            rows[name] = ""
+        rows[name] += " " + line.strip()
+    return {k: [o.strip() for o in v.split(",")] for k, v in rows.items()}
+
+
+def test_help_is_the_tools_own(capsys):
+    assert cli_main.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert text == cli_main.help_text() + "\n"
+    assert "Hydra" in text and "Powered by Hydra" not in text
+    assert max(len(line) for line in text.splitlines()) <= cli_main.WIDTH
+    assert "The three commands:" in text and "sr-ablate report" in text and "mlflow ui" in text
+    rows = help_rows(text)
+    for group in GROUPS:  # every group with every option, its default marked
+        options = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+        assert [o.rstrip("*") for o in rows[group]] == options
+        assert sum(o.endswith("*") for o in rows[group]) == 1
+    assert "srresnet*" in rows["model"] and "quick*" in rows["trainer"]
+    assert rows["sweep"] == [*sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")),
+                             "or the path of your own sweep file"]
+    assert "hydra/launcher" in rows
+    for command in ("train", *cli_main.COMMANDS):  # where evaluate/report/download live
+        assert f"\n  {command} " in text
+    assert "--config-dir DIR" in text
+
+
+@pytest.mark.parametrize("argv", [["-h"], ["help"], ["train", "--help"],
+                                  ["model=espcn", "-m", "--help"]])
+def test_every_help_spelling_gives_the_tools_help(argv, capsys):
+    assert cli_main.main(argv) == 0
+    assert capsys.readouterr().out == cli_main.help_text() + "\n"
+
+
+def test_python_m_help_is_not_hydras(tmp_path):
+    for args in (["--help"], ["trainer=smoke", "--help"]):
+        out = cli(args, tmp_path, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("sr-ablate ") and "Config groups" in out.stdout
+        assert "Powered by Hydra" not in out.stdout
+    assert not any(tmp_path.iterdir())  # no outputs/, no store
+
+
+@pytest.mark.parametrize("command", sorted(cli_main.COMMANDS))
+def test_each_command_has_its_help(command, capsys):
+    assert cli_main.main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert command in out and len(out.splitlines()) > 3
+    assert "Powered by Hydra" not in out
+
+
+def test_a_bad_flag_of_a_command_returns_its_status(capsys):
+    assert cli_main.main(["download", "--no-such-flag"]) == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_help_lists_the_options_of_the_users_config_folder(mine, capsys):
+    assert cli_main.main(["--config-dir", str(mine), "--help"]) == 0
+    text = capsys.readouterr().out
+    rows = help_rows(text)
+    assert "mynet" in rows["model"] and "tiny" in rows["trainer"]
+    assert str(mine.resolve()) in text
+
+
+# --- the user's config folder and sweep file ------------------------------------------------
+
+MYNET = """\
+# a model option of the user's own: SRResNet, small
+_target_: sr_ablate.models.SRResNet
+channels: 8
+blocks: 1
+scale: ${scale}
+"""
+TINY_TRAINER = """\
+name: tiny
+steps: 2
+batch_size: 2
+patch_size: 16
+eval_every: 2
+log_every: 2
+progress: false
+"""
+
+
+@pytest.fixture
+def mine(tmp_path, monkeypatch):
+    """A user config folder: model=mynet, trainer=tiny, and a model/srresnet.yaml that the
+    built-in option shadows. No inherited $SR_ABLATE_CONFIG_DIR."""
+    monkeypatch.delenv(train.CONFIG_DIR_ENV, raising=False)
+    folder = tmp_path / "mine"
+    (folder / "model").mkdir(parents=True)
+    (folder / "trainer").mkdir()
+    (folder / "model" / "mynet.yaml").write_text(MYNET)
+    (folder / "model" / "srresnet.yaml").write_text(MYNET.replace("channels: 8", "channels: 7"))
+    (folder / "trainer" / "tiny.yaml").write_text(TINY_TRAINER)
+    return folder
+
+
+def test_config_dir_option_spellings(mine, monkeypatch):
+    want = str(mine.resolve())
+    for argv in (["--config-dir", str(mine), "seed=1"], [f"--config-dir={mine}", "seed=1"],
+                 ["-cd", str(mine), "seed=1"], ["seed=1", "-cd", "/elsewhere", "-cd", str(mine)]):
+        assert train.config_dir_option(argv) == (["seed=1"], want)
+    assert train.config_dir_option(["-m", "seed=1,2"]) == (["-m", "seed=1,2"], None)
+    monkeypatch.chdir(mine.parent)  # a relative folder is the user's folder, made absolute
+    assert train.config_dir_option(["-cd", "mine"]) == ([], want)
+    monkeypatch.setenv(train.CONFIG_DIR_ENV, "mine")  # the variable, when no flag names one
+    assert train.config_dir_option(["seed=1"]) == (["seed=1"], want)
+    with pytest.raises(UserError, match="--config-dir nothere: no such folder"):
+        train.config_dir_option(["--config-dir", "nothere"])
+    with pytest.raises(UserError, match="-cd needs a folder"):
+        train.config_dir_option(["seed=1", "-cd"])
+
+
+def test_a_missing_config_dir_is_one_line_and_no_run(tmp_path):
+    out = cli(["--config-dir", "nothere", "trainer=smoke"], tmp_path, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("error: --config-dir nothere: no such folder; give a folder "
+                                  "that holds config groups, e.g. DIR/model/mynet.yaml for "
+                                  "model=mynet")
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_checks_compose_with_the_users_config_folder(mine, monkeypatch, tmp_path):
+    from sr_ablate.sweeps import grid
+
+    with pytest.raises(UserError, match="model=mynet: no such option"):
+        validation.validate(["model=mynet"])
+    monkeypatch.setenv(train.CONFIG_DIR_ENV, str(mine))
+    cfg = validation.validate(["model=mynet", "trainer=tiny"])
+    assert (cfg.model.channels, cfg.model.blocks, cfg.trainer.steps) == (8, 1, 2)
+    assert validation.compose([]).model.channels == 64  # the built-in srresnet wins
+    with pytest.raises(UserError, match="unknown setting 'model.blokcs'"):
+        validation.validate(["model=mynet", "model.blokcs=2"])
+    # next to a sweep's own hydra.searchpath (its generated variants), both are searched
+    variants = tmp_path / "variants" / "study_variant"
+    variants.mkdir(parents=True)
+    (variants / "small.yaml").write_text(grid.variant_yaml("small", ["model=mynet"]))
+    cfg = validation.compose([f"hydra.searchpath=[file://{variants.parent}]",
+                              "+study_variant=small", "trainer=tiny"])
+    assert (cfg.model.channels, cfg.variant) == (8, "small")
+
+
+@pytest.mark.parametrize("choice", ["model=mynet", "model=srresnet"])
+def test_hydra_and_the_checks_compose_the_same_config(mine, monkeypatch, tmp_path, choice):
+    """--cfg job prints what Hydra's own run composes (its --config-dir flag); compose() with
+    the folder in $SR_ABLATE_CONFIG_DIR gives the same config."""
+    out = cli(["--config-dir", str(mine), choice, "trainer=tiny", "--cfg", "job"], tmp_path,
+              timeout=120)
+    assert out.returncode == 0, out.stderr
+    monkeypatch.setenv(train.CONFIG_DIR_ENV, str(mine))
+    composed = OmegaConf.to_container(validation.compose([choice, "trainer=tiny"]))
+    assert yaml.safe_load(out.stdout) == composed
+    assert composed["model"]["channels"] == (8 if choice == "model=mynet" else 64)
+
+
+def test_users_sweep_file_and_config_dir_from_another_folder(mine, tmp_path):
+    """Relative paths, from the folder the user runs in: a sweep file of their own whose
+    variant picks a model from their config folder; one MLflow run, in their folder."""
+    (tmp_path / "study.yaml").write_text("study: mine\noverrides: [trainer=tiny]\n"
+                                         "variants:\n  small: [model=mynet]\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    out = cli(["-cd", "../mine", "sweep=../study.yaml"], work)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "variant=small" in out.stdout and "1 ran" in out.stderr
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("mine").experiment_id])
+    (run,) = [r for r in runs if r.data.tags.get("sr_ablate.role") != "sweep"]
+    assert run.info.status == "FINISHED"
+    assert (run.data.params["model.channels"], run.data.params["trainer.steps"]) == ("8", "2")

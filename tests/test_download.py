@@ -1,4 +1,4 @@
-"""``sr_ablate.download`` against a real HTTP server on 127.0.0.1 serving archives of photos."""
+"""``sr_ablate download`` against a real HTTP server on 127.0.0.1 serving archives of photos."""
 from __future__ import annotations
 
 import functools
@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 
 from sr_ablate import UserError
-from sr_ablate.download import REGISTRY, fetch, main
+from sr_ablate.cli.download import main
+from sr_ablate.data.download import REGISTRY, fetch
 
 
 @dataclass
@@ -275,7 +276,7 @@ def test_404_through_the_command(server, tmp_path):
     url = f"{server.url}/missing.tar.gz"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SR_ABLATE_")}
     env |= {"SR_ABLATE_URL_SET5": url, "SR_ABLATE_DATA": str(tmp_path / "data")}
-    r = subprocess.run([sys.executable, "-m", "sr_ablate.download", "set5"], env=env,
+    r = subprocess.run([sys.executable, "-m", "sr_ablate", "download", "set5"], env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()

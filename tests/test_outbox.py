@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sr_ablate.outbox import Outbox
+from sr_ablate.tracking.outbox import Outbox
 
 
 class Down(ConnectionError):

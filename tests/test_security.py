@@ -23,7 +23,7 @@ from PIL import Image
 import test_download as td
 from conftest import REPO
 from sr_ablate import UserError
-from sr_ablate.download import fetch
+from sr_ablate.data.download import fetch
 
 server = td.server  # the local HTTP server fixture (127.0.0.1) of test_download
 
@@ -56,7 +56,7 @@ def assert_one_line(e: pytest.ExceptionInfo, *parts: str) -> None:
 
 
 def test_checkpoint_load_runs_no_code(tmp_path):
-    from sr_ablate import checkpoint
+    from sr_ablate.training import checkpoint
     marker = tmp_path / "pwned"
     path = malicious_file(tmp_path / ".sr_ablate" / "checkpoints" / "abc.pt", marker)
     with pytest.raises(UserError) as e:
@@ -66,7 +66,7 @@ def test_checkpoint_load_runs_no_code(tmp_path):
 
 
 def test_evaluate_checkpoint_runs_no_code(tmp_path):
-    from sr_ablate.evaluate_cli import load_model
+    from sr_ablate.cli.evaluate import load_model
     marker = tmp_path / "pwned"
     path = malicious_file(tmp_path / "final.pt", marker,
                           lambda p: {"config": {"model": {}, "scale": 2}, "model": p})
@@ -78,7 +78,7 @@ def test_evaluate_checkpoint_runs_no_code(tmp_path):
 
 @pytest.mark.parametrize("where", ["torch hub cache", "loss.weights"])
 def test_vgg_weights_run_no_code(tmp_path, monkeypatch, where):
-    from sr_ablate.losses import VGG19_FILE, VGGLoss
+    from sr_ablate.training.losses import VGG19_FILE, VGGLoss
     marker = tmp_path / "pwned"
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
@@ -132,7 +132,8 @@ def test_every_torch_load_in_the_package_is_weights_only():
                 f"{where}: {text} without weights_only=True"
             sites.append(where)
     files = {s.split(":")[0] for s in sites}
-    assert {"sr_ablate/checkpoint.py", "sr_ablate/evaluate_cli.py", "sr_ablate/losses.py"} <= files
+    assert {"sr_ablate/training/checkpoint.py", "sr_ablate/cli/evaluate.py",
+            "sr_ablate/training/losses.py"} <= files
 
 
 def test_pillow_bomb_limit_is_pillows_default():
@@ -229,7 +230,7 @@ def test_zip_symlink_entry_is_not_extracted(server, monkeypatch, tmp_path):
 
 def test_html_report_escapes_run_text(tmp_path):
     import pandas as pd
-    from sr_ablate.report_html import page
+    from sr_ablate.report.html import page
     evil = "<script>alert(1)</script>"
     table = pd.DataFrame({evil: [evil], "model": ["<img src=x onerror=alert(1)>"]})
     out = page(evil, evil, [{"title": evil, "text": evil, "table": table, "images": []}], tmp_path)

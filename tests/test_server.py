@@ -7,8 +7,9 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sr_ablate import UserError, checkpoint
-from sr_ablate.run import run
+from sr_ablate import UserError
+from sr_ablate.training import checkpoint
+from sr_ablate.training.job import run_job
 
 from conftest import TINY, cli, free_port
 
@@ -88,7 +89,7 @@ def test_server_down_mid_run_training_goes_on_and_every_metric_arrives_once(
         if step == 6:
             mlflow_server.start()
 
-    run(compose([*MID, f"tracking.uri={mlflow_server.url}"]), cwd=str(tmp_path),
+    run_job(compose([*MID, f"tracking.uri={mlflow_server.url}"]), cwd=str(tmp_path),
         on_eval=on_eval)
     err = capsys.readouterr().err
     assert "does not answer" in err and "training goes on" in err and "answers again" in err
@@ -106,7 +107,7 @@ def test_server_gone_at_the_end_fails_loudly_and_resume_sends_the_kept_metrics(
 
     args = [*MID, f"tracking.uri={mlflow_server.url}", "tracking.flush_timeout=3"]
     with pytest.raises(UserError) as e:
-        run(compose(args), cwd=str(tmp_path), on_eval=on_eval)
+        run_job(compose(args), cwd=str(tmp_path), on_eval=on_eval)
     msg = str(e.value)
     assert "\n" not in msg and "has not answered for 3 s: training finished" in msg
     assert "run the same command with resume=true" in msg
@@ -116,7 +117,7 @@ def test_server_gone_at_the_end_fails_loudly_and_resume_sends_the_kept_metrics(
         5, 6, 7, 8}
 
     mlflow_server.start()
-    run(compose([*args, "resume=true"]), cwd=str(tmp_path))
+    run_job(compose([*args, "resume=true"]), cwd=str(tmp_path))
     r, steps = logged_steps(mlflow_server.url, "train/loss")
     assert r.info.status == "FINISHED" and steps == list(range(1, 9))
     assert logged_steps(mlflow_server.url, "val/psnr")[1] == [2, 4, 6, 8]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from sr_ablate.stats import (
+from sr_ablate.report.stats import (
     diff_ci,
     holm,
     mean_ci,

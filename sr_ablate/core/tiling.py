@@ -1,4 +1,4 @@
-"""Tiled inference that gives the same pixels as whole-image inference (design notes section 2).
+"""Tiled inference that gives the same pixels as whole-image inference (docs/protocol.md#tiling).
 
 Each tile of the *input* is run with ``overlap`` pixels of context on every side and the
 context is cropped off its output. The context is clipped at the image edge, where the

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from sr_ablate.report_table import ALPHA
+from sr_ablate.report.table import ALPHA
 
 
 def display(table: pd.DataFrame) -> pd.DataFrame:

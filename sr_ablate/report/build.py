@@ -1,4 +1,4 @@
-"""Result tables from the runs in MLflow: ``python -m sr_ablate.report [experiment | sweep id ...]``.
+"""Result tables from the runs in MLflow (``sr-ablate report``, ``sr_ablate.cli.report``).
 
 Writes ``reports/<name>/``: ``results.{md,csv,tex}``, a self-contained ``index.html`` and the
 plots in ``plots/``. One row per variant (the swept factors; runs differing only in ``seed``
@@ -7,23 +7,22 @@ every evaluation set and scale, bicubic PSNR/SSIM, Δ PSNR against bicubic and a
 baseline variant with its interval over images, and a paired Wilcoxon test over the images
 (each variant's per-image PSNR averaged over its seeds first), Holm-corrected over every
 variant x set the table tests; final training loss, parameters, GFLOPs, ms per frame and wall
-time. Under each table one verdict per comparison (``sr_ablate.verdicts``): better, worse,
+time. Under each table one verdict per comparison (``report.verdicts``): better, worse,
 no detectable difference, or cannot tell and why. Runs evaluated under different protocols
 (fingerprints), or of model families no sweep compared, never share a table; variants a
 sweep asked for without a finished run are listed as missing.
 """
 from __future__ import annotations
 
-import argparse
-import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from sr_ablate.report_format import display, to_latex, to_markdown, variant_label
-from sr_ablate.report_table import (
+from sr_ablate import tracking
+from sr_ablate.report import html, verdicts
+from sr_ablate.report.formats import display, to_latex, to_markdown, variant_label
+from sr_ablate.report.table import (
     ALPHA,
     NOT_FACTORS,
     REPEATS,
@@ -33,8 +32,9 @@ from sr_ablate.report_table import (
     latest_per_config,
     results_table,
 )
+from sr_ablate.report.verdicts import RULE, last_rise
 
-__all__ = ["NOT_FACTORS", "REPEATS", "factors", "main", "results_table", "write"]
+__all__ = ["NOT_FACTORS", "REPEATS", "factors", "results_table", "write"]
 
 FP = "tag:eval.fingerprint"
 PROTOCOL_TAGS = ("eval.protocol", "eval.color_space", "eval.crop", "eval.lr_source", "eval.ssim")
@@ -97,7 +97,6 @@ def write(runs: pd.DataFrame, out_dir: Path, name: str, baseline: dict | None = 
     separate tables (``results.csv`` for the largest group, ``results-<n>.csv`` for the
     others) and the documents say why. Under each table: one verdict per comparison.
     """
-    from sr_ablate import report_html, verdicts
 
     out_dir.mkdir(parents=True, exist_ok=True)
     kept, replaced = latest_per_config(runs)
@@ -126,7 +125,7 @@ def write(runs: pd.DataFrame, out_dir: Path, name: str, baseline: dict | None = 
                 f"per-image mean. {_stats_note(table, baseline, sets, len(lines))} wall_s: "
                 "seconds from a run's start to its end on the machine that ran it, "
                 "comparable only between runs on one otherwise idle machine "
-                "(python -m sr_ablate.bench measures speed).")
+                "(python -m sr_ablate bench measures speed).")
         images = figures(group, table, out_dir, suffix) if figures is not None else []
         sections.append({"title": f"{title} (results{suffix}.csv)", "text": text,
                          "table": shown, "images": images, "lines": lines})
@@ -150,12 +149,11 @@ def write(runs: pd.DataFrame, out_dir: Path, name: str, baseline: dict | None = 
         md += [f"- {line}" for line in sec["lines"]] + ([""] if sec["lines"] else [])
         md += [f"![{Path(p).stem}]({p})\n" for p in sec["images"]]
     (out_dir / "results.md").write_text("\n".join(md))
-    (out_dir / "index.html").write_text(report_html.page(name, intro_text, sections, out_dir))
+    (out_dir / "index.html").write_text(html.page(name, intro_text, sections, out_dir))
     return first
 
 
 def _stats_note(table: pd.DataFrame, baseline: dict | None, sets: list[str], tests: int) -> str:
-    from sr_ablate.verdicts import RULE
     if not baseline:
         return "No baseline: no comparisons (name one with --baseline key=value)."
     name = ", ".join(f"{k}={v}" for k, v in baseline.items())
@@ -258,8 +256,6 @@ def failures_of(parents: pd.DataFrame, runs: pd.DataFrame, name: str) -> list:
 def rises_of(uri: str, runs: pd.DataFrame) -> dict[str, float]:
     """``verdicts.last_rise`` of each FINISHED run's validation PSNR curve (``val/psnr``, else
     its first set's)."""
-    from sr_ablate import tracking
-    from sr_ablate.verdicts import last_rise
 
     out = {}
     for _, r in runs[runs["status"] == "FINISHED"].iterrows():
@@ -269,65 +265,3 @@ def rises_of(uri: str, runs: pd.DataFrame) -> dict[str, float]:
         if key:
             out[r["run_id"]] = last_rise(tracking.metric_history(uri, r["run_id"], key))
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    from sr_ablate import report_html, tracking
-
-    ap = argparse.ArgumentParser(prog="python -m sr_ablate.report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("names", nargs="*", help="experiment names or sweep ids (default: every "
-                    "experiment with runs newer than its report)")
-    ap.add_argument("--uri", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI "
-                    "or sqlite:///<cwd>/mlflow.db)")
-    ap.add_argument("--out", default="reports", help="output folder (default: reports)")
-    ap.add_argument("--baseline", default=None, help="baseline variant: a variant name or "
-                    "key=value[,key=value] (default: the sweep file's 'baseline')")
-    args = ap.parse_args(argv)
-    uri = tracking.store_uri(args.uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        print(f"error: no MLflow store at {uri}; run `python -m sr_ablate` first or pass --uri",
-              file=sys.stderr)
-        return 2
-    runs = tracking.runs_frame(uri, parents=True)
-    role = runs.get("tag:sr_ablate.role", pd.Series(index=runs.index, dtype=str))
-    parents, runs = runs[role == "sweep"], runs[role != "sweep"]
-    if runs.empty:
-        print(f"error: no runs in {uri}; run `python -m sr_ablate` first", file=sys.stderr)
-        return 2
-    names = args.names or sorted(runs["experiment"].unique())
-    for name in names:
-        sub = select(runs, name, parents)
-        if sub.empty:
-            print(f"error: {name!r} is neither an experiment nor a sweep id; experiments: "
-                  f"{', '.join(sorted(runs['experiment'].unique()))}", file=sys.stderr)
-            return 2
-        out = Path(args.out) / name
-        stamp = str(sub["end_time"].max())
-        if not args.names and (out / ".runs").is_file() and (out / ".runs").read_text() == stamp:
-            print(f"{out}: up to date")
-            continue
-        definitions = [tracking.sweep_definition(uri, s) or "" for s in
-                       sub.get("tag:sr_ablate.sweep_id", pd.Series(dtype=str)).dropna().unique()]
-        baseline = _parse_baseline(args.baseline) or baseline_of(sub, definitions)
-        with tempfile.TemporaryDirectory() as tmp:
-            per_image = report_html.fetch_per_image(uri, sub, Path(tmp))
-            write(sub, out, name, baseline, per_image,
-                  figures=lambda g, t, d, s: report_html.figures(uri, g, t, d, s),
-                  rises=rises_of(uri, sub), expected=expected_variants(definitions),
-                  failures=failures_of(parents, sub, name))
-        (out / ".runs").write_text(stamp)
-        print(f"{out / 'results.md'}\n{(out / 'results.md').read_text()}")
-    return 0
-
-
-def _parse_baseline(text: str | None) -> dict | None:
-    if not text:
-        return None
-    if "=" not in text:
-        return {"variant": text}
-    return dict(item.split("=", 1) for item in text.split(","))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

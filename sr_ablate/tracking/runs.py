@@ -1,16 +1,9 @@
-"""MLflow: the only module that imports it.
-
-Runs are addressed by id through ``MlflowClient`` (no global active run), so in-process
-sweeps, parent runs and child runs never step on each other.
-"""
+"""MLflow runs as they open and end: a run's logging handle, sweep parent runs, and the
+tags a sweep leaves on its parent (reused runs, failed jobs)."""
 from __future__ import annotations
 
-import functools
 import json
-import logging
 import os
-import random
-import subprocess
 import sys
 import time
 import uuid
@@ -18,125 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import mlflow
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
-
-from sr_ablate import Stopped
-from sr_ablate.outbox import Outbox
-
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reports fetch many
-logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter about table creation
-logging.getLogger("alembic").setLevel(logging.WARNING)
+from sr_ablate import Stopped, UserError
+from sr_ablate.tracking.outbox import Outbox
+from sr_ablate.tracking.store import (MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, Metric, MlflowClient,
+                                      MlflowException, Param, RunTag, client_for, experiment_id,
+                                      git_commit, transient)
 
 PARENT_ENV = "SR_ABLATE_PARENT_RUN_ID"
 SWEEP_ENV = "SR_ABLATE_SWEEP_ID"
-
-
-def store_uri(uri: str | None, cwd: str | Path | None = None) -> str:
-    """The tracking URI: ``uri`` if set, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db.
-
-    The default is absolute, so it does not move when Hydra changes directories.
-    """
-    if uri:
-        return uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{Path(cwd or os.getcwd()).resolve() / 'mlflow.db'}"
-
-
-def reachable(uri: str, timeout: float = 5.0) -> None:
-    """Raise UserError (one line) when ``uri`` is an http(s) tracking server that does not
-    answer, so a run stops before any work instead of failing after its training."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    import urllib.error
-    import urllib.request
-
-    from sr_ablate import UserError
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
-            return
-    except urllib.error.HTTPError:
-        return  # something answered (a proxy asking for a login, no /health route): reachable
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise UserError(f"MLflow tracking server {uri} does not answer ({reason}); start it "
-                        "(mlflow server --host 127.0.0.1 --port 5000) or set "
-                        "tracking.uri=sqlite:///mlflow.db") from None
-
-
-class _Retrying:
-    """An MlflowClient whose calls are retried with backoff while another process holds the
-    sqlite store's lock longer than MLflow waits (20 s per call): many parallel jobs on one
-    store slow down instead of failing."""
-    DELAYS = (0.5, 1, 2, 4, 8, 16)
-
-    def __init__(self, client: MlflowClient):
-        self._client = client
-
-    def __getattr__(self, name):
-        attr = getattr(self._client, name)
-        if not callable(attr):
-            return attr
-
-        @functools.wraps(attr)
-        def call(*args, **kwargs):
-            for delay in (*self.DELAYS, None):
-                try:
-                    return attr(*args, **kwargs)
-                except Exception as e:  # a locked database never committed: safe to repeat
-                    if delay is None or "database is locked" not in str(e):
-                        raise
-                    time.sleep(delay * random.uniform(1, 1.5))  # jitter: jobs retry apart
-        return call
-
-
-def client_for(uri: str) -> MlflowClient:
-    """The client of the store at ``uri`` (retrying while a sqlite store is locked)."""
-    client = MlflowClient(uri)
-    return _Retrying(client) if uri.startswith("sqlite:") else client
-
-
-def _transient(error: Exception) -> bool:
-    """True for a tracking server that does not answer (connection refused, timeout, 5xx),
-    false for one that answers with a refusal (bad request, no such run)."""
-    from mlflow.exceptions import RestException
-    if isinstance(error, RestException):
-        return error.error_code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE")
-    return isinstance(error, (mlflow.exceptions.MlflowException, OSError))
-
-
-def _artifact_root(uri: str) -> str | None:
-    # sqlite stores otherwise put artifacts in ./mlruns of whatever the cwd is: keep them
-    # next to the database instead.
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
-    return None
-
-
-def experiment_id(uri: str, name: str) -> str:
-    """Create (once) or look up experiment ``name`` in the store at ``uri``; returns its id."""
-    client = client_for(uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    root = _artifact_root(uri)
-    try:
-        return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
-    except mlflow.exceptions.MlflowException:
-        # another process created it between our look-up and create
-        return client.get_experiment_by_name(name).experiment_id
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).parent)
-        return out.stdout.strip() if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 class RunLog:
@@ -148,7 +30,7 @@ class RunLog:
 
     def __init__(self, client: MlflowClient, run_id: str, uri: str = ""):
         self.client, self.run_id = client, run_id
-        self.outbox = Outbox(lambda batch: client.log_batch(run_id, metrics=batch), _transient,
+        self.outbox = Outbox(lambda batch: client.log_batch(run_id, metrics=batch), transient,
                              f"tracking server {uri}") if uri.startswith("http") else None
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
@@ -206,15 +88,20 @@ def run(uri: str, experiment: str, *, params: dict, tags: dict, name: str | None
         ) -> Iterator[RunLog]:
     """Open a run, yield its ``RunLog``; it ends FINISHED, FAILED on error, KILLED on Ctrl-C.
     ``resume_run_id``: reopen that run instead (its params and tags stay as they are)."""
-    os.environ.pop("MLFLOW_RUN_ID", None)  # a stale id would hijack the run (design notes section 4)
+    # a stale id would hijack the run (docs/protocol.md#mlflow-pitfalls)
+    os.environ.pop("MLFLOW_RUN_ID", None)
     client = client_for(uri)
     if resume_run_id:
-        from sr_ablate import UserError
         try:
-            client.get_run(resume_run_id)
-        except mlflow.exceptions.MlflowException:
+            held = client.get_run(resume_run_id).info.experiment_id
+        except MlflowException:
             raise UserError(f"the checkpoint belongs to MLflow run {resume_run_id}, which is "
                             f"not in {uri}; use the same tracking.uri or resume=false") from None
+        if held != experiment_id(uri, experiment):
+            held_name = client.get_experiment(held).name
+            raise UserError(f"the checkpoint belongs to MLflow run {resume_run_id} of experiment "
+                            f"{held_name!r}, not {experiment!r}; pass "
+                            f"tracking.experiment={held_name} or resume=false")
         client.update_run(resume_run_id, status="RUNNING")
         client.set_tag(resume_run_id, "sr_ablate.resumed", "true")
         if os.environ.get(PARENT_ENV):  # resumed by a new launch of its sweep: it belongs there
@@ -343,11 +230,6 @@ def record_failed(uri: str, parent_run_id: str, failures: list[tuple[str, str]])
         client_for(uri).set_tag(parent_run_id, FAILED_TAG, text[:7999])
 
 
-def run_metrics(uri: str, run_id: str) -> dict[str, float]:
-    """The latest value of every metric of one run."""
-    return dict(client_for(uri).get_run(run_id).data.metrics)
-
-
 def end_parent(uri: str, run_id: str, ok: bool, status: str | None = None) -> None:
     """Close a sweep's parent run: ``status`` if given, else FINISHED when every child
     finished (or was stopped on purpose, e.g. pruned), else FAILED."""
@@ -390,17 +272,6 @@ def find_parent(uri: str, experiment: str, tags: dict[str, str], definition: str
     return parent.info.run_id
 
 
-def finished_run(uri: str, experiment: str, config_hash: str) -> str | None:
-    """Id of a FINISHED run of ``experiment`` whose config hash is ``config_hash``, if any."""
-    client = client_for(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs([exp.experiment_id], max_results=1, filter_string=(
-        f"tags.`sr_ablate.config_hash` = '{config_hash}' and attributes.status = 'FINISHED'"))
-    return runs[0].info.run_id if runs else None
-
-
 def end_if_running(uri: str, run_id: str, status: str) -> None:
     """End a run left RUNNING by a process that died (e.g. SIGKILL) with ``status``."""
     client = client_for(uri)
@@ -418,73 +289,3 @@ def annotate(uri: str, run_id: str, tags: dict | None = None, metrics: dict | No
         log.log_metrics(0, metrics)
     for path in artifacts:
         log.log_artifact(path)
-
-
-def runs_frame(uri: str, experiment: str | None = None, parents: bool = False):
-    """All child/single runs (not sweep parents) as a pandas DataFrame, one row per run.
-
-    Columns: ``run_id``, ``status``, ``experiment``, params under their own names
-    (``model.blocks``), latest metrics under theirs (``val/psnr``), and tags prefixed ``tag:``.
-    Param values are strings, as MLflow stores them. ``parents=True``: sweep parent runs
-    too (``tag:sr_ablate.role`` is ``sweep``), whose tags say what the sweep is
-    (``tag:sr_ablate.sweep``) and which earlier runs it reused (``tag:sr_ablate.reused_run_ids``).
-    """
-    import pandas as pd
-
-    client = client_for(uri)
-    exps = client.search_experiments()
-    if experiment:
-        exps = [e for e in exps if e.name == experiment]
-    rows = []
-    for e in exps:
-        for r in client.search_runs([e.experiment_id], max_results=50000):
-            if r.data.tags.get("sr_ablate.role") == "sweep" and not parents:
-                continue
-            row = {"run_id": r.info.run_id, "status": r.info.status, "experiment": e.name,
-                   "start_time": r.info.start_time, "end_time": r.info.end_time}
-            row.update(r.data.params)
-            row.update(r.data.metrics)
-            row.update({f"tag:{k}": v for k, v in r.data.tags.items()})
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def download_checkpoint(uri: str, run_id: str, dst: str | Path) -> Path:
-    """Fetch ``checkpoints/final.pt`` of run ``run_id`` into ``dst``; UserError if impossible."""
-    from sr_ablate import UserError
-
-    client = client_for(uri)
-    try:
-        client.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        raise UserError(f"MLflow run {run_id!r} does not exist in {uri}; copy the id from "
-                        "`mlflow ui` or set MLFLOW_TRACKING_URI to the right store") from None
-    try:
-        return Path(client.download_artifacts(run_id, "checkpoints/final.pt", str(dst)))
-    except (mlflow.exceptions.MlflowException, OSError):
-        raise UserError(f"MLflow run {run_id} has no checkpoints/final.pt; it was run with "
-                        "tracking.checkpoint=false or did not finish") from None
-
-
-def sweep_definition(uri: str, sweep_id: str) -> str | None:
-    """The definition (sweep file or command line) held by the parent run of ``sweep_id``."""
-    client = client_for(uri)
-    for e in client.search_experiments():
-        for r in client.search_runs([e.experiment_id], max_results=1, filter_string=(
-                f"tags.`sr_ablate.sweep_id` = '{sweep_id}' and tags.`sr_ablate.role` = 'sweep'")):
-            return r.data.tags.get("sr_ablate.sweep")
-    return None
-
-
-def fetch_artifact(uri: str, run_id: str, path: str, dst: str | Path) -> Path | None:
-    """Download artifact ``path`` of a run into ``dst``; None when the run has no such file."""
-    try:
-        return Path(client_for(uri).download_artifacts(run_id, path, str(dst)))
-    except (mlflow.exceptions.MlflowException, OSError):
-        return None
-
-
-def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
-    """(step, value) pairs of one metric of one run, by step."""
-    hist = client_for(uri).get_metric_history(run_id, key)
-    return sorted((m.step, m.value) for m in hist)

@@ -1,4 +1,4 @@
-"""Training throughput for ``python -m sr_ablate.bench``: three loops over one model.
+"""Training throughput for ``python -m sr_ablate bench``: three loops over one model.
 
 - ``bare_its``: fwd + bwd + optimiser step on one batch already in memory (the ceiling);
 - ``full_its``: sr_ablate's path: patch sampling from the images (``data.batches``) + ``fit``
@@ -16,7 +16,7 @@ from typing import Iterator
 
 import torch
 
-# name -> (overrides, batch, LR patch): the design notes' shapes (section 5); VDSR at batch
+# name -> (overrides, batch, LR patch): the shapes of docs/protocol.md#benchmark-shapes; VDSR at batch
 # 16 x 40^2 instead of 64 x 41^2 to keep a round of the benchmark near 10 s on 2 cores.
 MODELS = {
     "SRResNet-16": (["model=srresnet", "model.blocks=16"], 16, 24),
@@ -43,21 +43,23 @@ class Setup:
 def setup(name: str, overrides: list[str], batch: int, patch: int, *, scale: int = 2,
           device: str = "cpu", channels_last: bool = False) -> Setup:
     """Compose ``overrides`` with Hydra and build what ``run`` would build for them."""
-    from sr_ablate import data, preflight
-    from sr_ablate.evaluate import model_channels
-    from sr_ablate.run import build, build_model
+    from sr_ablate import data
+    from sr_ablate.config import validation
+    from sr_ablate.core.evaluate import model_channels
+    from sr_ablate.training.job import instantiate_node
 
-    cfg = preflight.compose([*overrides, f"scale={scale}", "data=builtin"])
+    cfg = validation.compose([*overrides, f"scale={scale}", "data=builtin"])
     torch.manual_seed(0)
     device = torch.device(device)
-    model = build_model(cfg.model).to(device)
+    model = instantiate_node(cfg.model).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build(cfg.optim)(model.parameters())
-    loss_fn = build(cfg.loss).to(device)
-    pairs, _ = data.build(cfg.data, scales=[scale], patch_size=patch,
-                          color="y" if model_channels(model) == 1 else "rgb",
-                          upsampled=model.upsampled_input)
+    optimizer = instantiate_node(cfg.optim)(model.parameters())
+    loss_fn = instantiate_node(cfg.loss).to(device)
+    pairs = data.training_pairs(data.training_files(cfg.data)[0], scales=[scale],
+                                patch_size=patch,
+                                color="y" if model_channels(model) == 1 else "rgb",
+                                upsampled=model.upsampled_input)
     batches = data.batches(pairs, patch_size=patch, batch_size=batch, seed=0, device=device)
     pool = [(b["lq"], b["gt"]) for b in (next(batches) for _ in range(8))]
     return Setup(name, model, optimizer, loss_fn, batches, pool, cfg.optim.lr, device)
@@ -87,7 +89,7 @@ def bare_its(s: Setup, steps: int, autocast: torch.dtype | None = None, model=No
 
 def full_its(s: Setup, steps: int, log_fn, log_every: int = 10) -> float:
     """it/s of sr_ablate's ``fit`` with patch sampling and logging (evaluation off)."""
-    from sr_ablate.train import fit
+    from sr_ablate.training.loop import fit
     _sync(s.device)
     t = time.perf_counter()
     fit(s.model, s.batches, s.optimizer, steps=steps, loss_fn=s.loss_fn, log_fn=log_fn,

@@ -1,30 +1,10 @@
-"""Optuna sweeps: ``python -m sr_ablate sweep=<study>`` for a sweep file with an ``optuna:`` part.
-
-Optuna (>= 4) is driven directly, not through Hydra's sweeper plugin (which pins optuna < 3
-and can neither prune nor resume). This module checks the sweep file and builds Optuna's
-parts; each worker process (``sr_ablate.search_worker``) loops: ask the study for a trial,
-compose the trial's config with Hydra's compose API, ``run`` it in-process (an MLflow child
-run), report every evaluation to the pruner, tell the result. The study lives in an RDB
-storage (default ``sqlite:///<cwd>/optuna.db``; ``postgresql://...`` for many machines), so:
-  * re-running the command resumes the study until it holds ``trials`` finished (complete or
-    pruned) trials; a trial whose worker died is found by its stale heartbeat, marked failed
-    and re-queued with the same parameters;
-  * any number of workers (``sweep.workers=N`` here, or the same command on other machines)
-    share the study;
-  * a trial that crashes or diverges is failed, and the sweep goes on until more than
-    ``max_failure_rate`` of the trials tried have failed.
-The sweep's MLflow parent run holds the definition, the study name and storage and, at the
-end, the best trial(s); trial number and MLflow run id are stored on each other.
-"""
+"""An Optuna sweep file's ``optuna:`` part: its checks, and the sampler, pruner, storage and
+search space it names (``optuna_study`` starts the study, ``optuna_worker`` runs trials)."""
 from __future__ import annotations
 
 import inspect
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 from sr_ablate import UserError
 
@@ -81,7 +61,7 @@ def check_spec(spec: dict) -> dict:
     return opt
 
 
-def _make(kind: str, cfg: dict | None, names: dict, **extra):
+def make_component(kind: str, cfg: dict | None, names: dict, **extra):
     """Build a sampler or pruner from ``{name: <short name>, **kwargs}``."""
     import optuna
 
@@ -108,7 +88,7 @@ def sampler_for(opt: dict, trial_number: int):
     a resumed one does not redraw its first points, and parallel workers never draw alike."""
     cfg = dict(opt["sampler"])
     seed = cfg.pop("seed", None)
-    return _make("sampler", cfg, SAMPLERS,
+    return make_component("sampler", cfg, SAMPLERS,
                  **({} if seed is None else {"seed": seed + trial_number}))
 
 
@@ -183,36 +163,3 @@ def definition(spec: dict, opt: dict, extra: list[str]) -> str:
     return json.dumps({"overrides": fixed, "objectives": opt["objectives"],
                        "params": opt["params"], "seeds": opt["seeds"],
                        "sampler": opt["sampler"], "pruner": opt.get("pruner")}, sort_keys=True)
-
-
-def main(spec: dict, extra: list[str], cwd: str) -> int:
-    """Check the sweep, then work on its study (or start ``sweep.workers`` processes that do)."""
-    from sr_ablate import launch, preflight
-
-    opt = check_spec(spec)
-    base = [*(spec.get("overrides") or []), *extra, f"study={spec['study']}",
-            f"tracking.experiment={spec['study']}"]
-    cfg = preflight.validate(base)
-    for more in space_overrides(opt["params"]):  # both ends of every range, every choice
-        preflight.validate(base + more)
-    from sr_ablate import tracking
-    tracking.reachable(tracking.store_uri(cfg.tracking.uri, cwd))
-    trials = opt.get("trials") if cfg.sweep.trials is None else cfg.sweep.trials
-    if not isinstance(trials, int) or trials < 1:
-        raise UserError(f"{spec['path']}: optuna.trials (or sweep.trials=N) must be a "
-                        "positive number of trials")
-    url = cfg.sweep.storage or opt.get("storage") or \
-        f"sqlite:///{Path(cwd).resolve() / 'optuna.db'}"
-    from sr_ablate.search_worker import Worker
-
-    worker = Worker(spec, opt, base, extra, cfg, url, trials, cwd)
-    study, parent = worker.open()  # storage, study and MLflow parent exist before workers start
-    if cfg.sweep.workers == 1:
-        return worker.work(study, parent)
-    threads = max(1, launch.cores() // cfg.sweep.workers)
-    env = {**os.environ, launch.THREADS_ENV: str(threads)}
-    cmd = [sys.executable, "-m", "sr_ablate", *sys.argv[1:], "sweep.workers=1"]
-    print(f"sr_ablate: {cfg.sweep.workers} workers on study {worker.name}, {threads} "
-          "thread(s) each", file=sys.stderr)
-    procs = [subprocess.Popen(cmd, env=env) for _ in range(cfg.sweep.workers)]
-    return max(p.wait() for p in procs)

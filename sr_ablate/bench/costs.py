@@ -1,4 +1,4 @@
-"""Sections 4-6 of ``python -m sr_ablate.bench``: fixed costs, evaluation, the live model.
+"""Sections 4-6 of ``python -m sr_ablate bench``: fixed costs, evaluation, the live model.
 
 Each function measures and returns a Markdown table (or a line saying why it was skipped).
 """
@@ -149,8 +149,8 @@ def evaluation(given: str | None) -> str:
     from PIL import Image
 
     from sr_ablate import data
-    from sr_ablate.degrade import bicubic_up, downscale
-    from sr_ablate.evaluate import Evaluator, Protocol, model_input, reference, score, to_metric
+    from sr_ablate.core.degrade import bicubic_up, downscale
+    from sr_ablate.core.evaluate import Evaluator, Protocol, model_input, reference, score, to_metric
     root = data_folder(given)
     if not (root / "Set14").is_dir() or not (root / "BSD100").is_dir():
         return f"skipped: Set14 and BSD100 not found under {root} (pass --data <folder>)"
@@ -178,10 +178,10 @@ def live(frames: int, device: torch.device) -> str:
     frames, against bicubic upscaling (torch's, and MATLAB's in float32) of the same frames."""
     import torch.nn.functional as F
 
-    from sr_ablate import preflight
-    from sr_ablate.complexity import count_params
-    from sr_ablate.degrade import imresize
-    from sr_ablate.run import build_model
+    from sr_ablate.config import validation
+    from sr_ablate.core.complexity import count_params
+    from sr_ablate.core.degrade import imresize
+    from sr_ablate.training.job import instantiate_node
     x = torch.rand(1, 3, 720, 1280, generator=torch.Generator().manual_seed(0)).to(device)
 
     def timed(fn) -> float:
@@ -198,8 +198,8 @@ def live(frames: int, device: torch.device) -> str:
 
     rows = []
     for ch in (16, 32, 64):
-        cfg = preflight.compose(["model=espcn", "scale=1.5", f"model.channels={ch}"])
-        model = build_model(cfg.model).to(device).eval()
+        cfg = validation.compose(["model=espcn", "scale=1.5", f"model.channels={ch}"])
+        model = instantiate_node(cfg.model).to(device).eval()
         s = timed(lambda: model(x))
         rows.append([f"ESPCN model.channels={ch} ({count_params(model):,} params)",
                      f"{1000 * s / frames:.1f}", f"{30 * s / frames:.2f}"])

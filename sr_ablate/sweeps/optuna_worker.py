@@ -1,5 +1,5 @@
 """The Optuna worker: one process working on a study until it holds the requested number of
-finished trials (``sr_ablate.search`` checks the sweep file and starts it).
+finished trials (``optuna_study`` checks the sweep file and starts it).
 
 Each trial is asked from the storage, composed with Hydra's compose API, ``run`` in-process as
 an MLflow child run of the study's parent run, reported to the pruner at every evaluation, and
@@ -13,19 +13,32 @@ import socket
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
-from sr_ablate import Stopped, UserError, launch
-from sr_ablate.search import (PRUNERS, _make, definition, redact, sampler_for, storage,
-                              suggest)
+import optuna
+from optuna.trial import TrialState
+
+from sr_ablate import Stopped, UserError, tracking
+from sr_ablate.config import validation
+from sr_ablate.sweeps import resources
+from sr_ablate.sweeps.optuna_spec import (
+    PRUNERS,
+    definition,
+    make_component,
+    redact,
+    sampler_for,
+    storage,
+    suggest,
+)
+from sr_ablate.training import clock
+from sr_ablate.training.job import resume_interrupted, run_job
 
 
 class Worker:
     """One process working on the study until it holds the requested finished trials."""
 
     def __init__(self, spec, opt, base, extra, cfg, url, trials, cwd):
-        from sr_ablate import tracking
-
         self.spec, self.opt, self.base, self.cwd, self.url, self.trials = \
             spec, opt, base, cwd, url, trials
         self.name = spec["study"]
@@ -36,14 +49,11 @@ class Worker:
         self.current = None
 
     def open(self):
-        import optuna
-        from sr_ablate import tracking
-
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print one line per trial
         study = optuna.create_study(
             study_name=self.name, storage=storage(self.url, self.opt["heartbeat"], self.stale),
             load_if_exists=True, directions=list(self.opt["objectives"].values()),
-            sampler=sampler_for(self.opt, 0), pruner=_make("pruner", self.opt.get("pruner"),
+            sampler=sampler_for(self.opt, 0), pruner=make_component("pruner", self.opt.get("pruner"),
                                                            PRUNERS))
         have = study.user_attrs.get("sr_ablate.definition")
         if have is None:
@@ -59,30 +69,22 @@ class Worker:
         return study, parent
 
     def stale(self, trial) -> None:
-        """A dead worker's trial: its MLflow run(s) end KILLED instead of staying RUNNING."""
-        from sr_ablate import tracking
+        """A dead worker's trial: its MLflow run_job(s) end KILLED instead of staying RUNNING."""
         for run_id in trial.user_attrs.get("mlflow_run_ids", []):
             tracking.end_if_running(self.uri, run_id, "KILLED")
         print(f"trial {trial.number}: its worker stopped answering; queued again",
               file=sys.stderr)
 
     def work(self, study, parent) -> int:
-        import warnings
-
-        import optuna
-        from optuna.trial import TrialState as S
-
-        from sr_ablate import tracking
-
-        launch.use_threads()
+        resources.use_threads()
         rate = self.opt["max_failure_rate"]
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         try:
             while True:
                 optuna.storages.fail_stale_trials(study)  # trials of dead workers: re-queued
                 ts = study.get_trials(deepcopy=False)
-                done = sum(t.state in (S.COMPLETE, S.PRUNED) for t in ts)
-                failed = sum(t.state == S.FAIL and "sr_ablate.error" in t.user_attrs for t in ts)
+                done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in ts)
+                failed = sum(t.state == TrialState.FAIL and "sr_ablate.error" in t.user_attrs for t in ts)
                 if done >= self.trials:
                     break
                 tried = done + failed
@@ -94,7 +96,7 @@ class Worker:
                           file=sys.stderr)
                     tracking.end_parent(self.uri, parent, ok=False, status="FAILED")
                     return 1
-                if done + sum(t.state == S.RUNNING for t in ts) >= self.trials:
+                if done + sum(t.state == TrialState.RUNNING for t in ts) >= self.trials:
                     time.sleep(min(5, self.opt["heartbeat"]))  # others hold the last trials
                     continue
                 study.sampler = sampler_for(self.opt, len(ts))
@@ -114,8 +116,6 @@ class Worker:
                 study.enqueue_trial(t.params, user_attrs={"sr_ablate.retry_of": t.number})
 
     def objective(self, trial):
-        from sr_ablate import preflight, tracking
-        from sr_ablate.run import resume_interrupted, run
 
         trial.study.sampler = sampler_for(self.opt, trial.number)
         self.current = trial.number
@@ -135,12 +135,12 @@ class Worker:
         values = []
         for i, seed in enumerate(self.opt["seeds"]):
             typed = [*overrides, f"seed={seed}"]
-            started = launch.job_clock()
+            started = clock.job_clock()
             try:
-                preflight.validate(self.base + typed)
-                cfg, choices = preflight.compose_job(self.base + typed)
+                validation.validate(self.base + typed)
+                cfg, choices = validation.compose_job(self.base + typed)
                 resume_interrupted(cfg, self.cwd)  # a re-queued trial that had a checkpoint
-                result = run(cfg, cwd=self.cwd, overrides=typed, choices=choices, tags=tags,
+                result = run_job(cfg, cwd=self.cwd, overrides=typed, choices=choices, tags=tags,
                              on_start=on_start, on_eval=self.pruning(trial) if i == 0 else None,
                              started_at=started)
             except Stopped as e:
@@ -160,10 +160,7 @@ class Worker:
         return mean[0] if len(mean) == 1 else mean
 
     def end(self, trial, run_ids: list[str], state: str, message: str):
-        """Say how a trial ended, here and on its MLflow run(s); returns its Optuna value."""
-        import optuna
-        from sr_ablate import tracking
-
+        """Say how a trial ended, here and on its MLflow run_job(s); returns its Optuna value."""
         for run_id in run_ids:
             tracking.annotate(self.uri, run_id, tags={"optuna.state": state})
         overrides = " ".join(trial.user_attrs.get("overrides", []) or
@@ -191,21 +188,17 @@ class Worker:
 
     def finish(self, study, parent) -> None:
         """Best trial(s) onto the parent run, which ends FINISHED once no trial still runs."""
-        from optuna.trial import TrialState as S
-
-        from sr_ablate import tracking
-
         ts = study.get_trials(deepcopy=False)
-        complete = [t for t in ts if t.state == S.COMPLETE]
-        counts = {s.name.lower(): sum(t.state == s for t in ts) for s in (S.COMPLETE, S.PRUNED,
-                                                                           S.FAIL)}
+        complete = [t for t in ts if t.state == TrialState.COMPLETE]
+        counts = {s.name.lower(): sum(t.state == s for t in ts) for s in (TrialState.COMPLETE, TrialState.PRUNED,
+                                                                           TrialState.FAIL)}
         best = study.best_trials if complete else []
         line = ", ".join(f"{n} {k}" for k, n in counts.items())
         print(f"optuna study {self.name}: {line}; best: " + ("; ".join(
             f"trial {t.number} " + ", ".join(f"{k}={v:.4g}" for k, v in
                                              zip(self.objectives, t.values)) for t in best)
             or "none") + f" (storage {redact(self.url)})", file=sys.stderr)
-        if any(t.state == S.RUNNING for t in ts):
+        if any(t.state == TrialState.RUNNING for t in ts):
             return  # another worker is still on a trial: it closes the parent run
         tags = {"optuna.best_trials": ",".join(str(t.number) for t in best),
                 "optuna.best_run_ids": ",".join(

@@ -1,4 +1,4 @@
-"""The report's figures (PNG: charts by ``report_plots``, crop grid here) and ``index.html``.
+"""The report's figures (PNG: charts by ``report.figures``, crop grid here) and ``index.html``.
 
 Figures per table: validation PSNR and training loss against step (mean line over seeds,
 band = min..max), PSNR against each numeric factor (e.g. block count) one line per model
@@ -12,7 +12,6 @@ import base64
 import html
 import math
 import string
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -21,22 +20,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from sr_ablate import report_plots as rp
-from sr_ablate.report_table import factors
+from sr_ablate.report import artifacts
+from sr_ablate.report import figures as rp
+from sr_ablate.report.table import factors
 
 DPI = 110
-
-
-def fetch_per_image(uri: str, runs: pd.DataFrame, tmp: Path) -> dict[str, pd.DataFrame]:
-    """``per_image.csv`` of every FINISHED run (set, image, psnr, ssim...), by run id."""
-    from sr_ablate import tracking
-
-    out = {}
-    for run_id in runs.loc[runs["status"] == "FINISHED", "run_id"]:
-        path = tracking.fetch_artifact(uri, run_id, "per_image.csv", tmp / run_id)
-        if path is not None:
-            out[run_id] = pd.read_csv(path)
-    return out
 
 
 def psnr_column(table: pd.DataFrame) -> str:
@@ -47,8 +35,6 @@ def psnr_column(table: pd.DataFrame) -> str:
 def draw(uri: str, group: pd.DataFrame, table: pd.DataFrame) -> dict[str, Figure]:
     """The figures of one table, unsaved: {file stem: matplotlib Figure}, e.g. ``curves``,
     ``psnr_vs_model_blocks``, ``pareto``, ``crops`` (a figure with nothing to show is left out)."""
-    from sr_ablate import tracking
-
     done = group[group["status"] == "FINISHED"]
     keys = [k for k in factors(done) if k in table]
     labels = rp.variant_labels(table, keys)
@@ -57,9 +43,8 @@ def draw(uri: str, group: pd.DataFrame, table: pd.DataFrame) -> dict[str, Figure
     set_name = psnr.split("/")[0]
     out: dict[str, Figure] = {}
 
-    def history(run_ids, key):
-        return [dict(tracking.metric_history(uri, r, key)) for r in run_ids]
-    histories = [(label, history(r["run_id"], psnr), history(r["run_id"], "train/loss"))
+    histories = [(label, artifacts.histories(uri, r["run_id"], psnr),
+                  artifacts.histories(uri, r["run_id"], "train/loss"))
                  for label, r in zip(labels, runs)]
     out["curves"] = rp.curves(histories, list(table[f"{set_name}/bicubic_psnr"]), set_name)
 
@@ -102,19 +87,7 @@ def crop_tiles(uri: str, runs: list[pd.DataFrame], labels: list[str]
     """HR, bicubic, then each variant's SR tile of the same centre crop, from each variant's
     first run's ``comparison.png`` (bicubic | SR | HR); HR and bicubic from the first colour
     one, so that a gray (older Y-model) image does not make them gray."""
-    from PIL import Image
-
-    from sr_ablate import tracking
-
-    found = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, (label, r) in enumerate(zip(labels, runs)):
-            if r.empty:
-                continue
-            p = tracking.fetch_artifact(uri, r["run_id"].iloc[0], "comparison.png",
-                                        Path(tmp) / str(i))
-            if p is not None:
-                found.append((label, np.asarray(Image.open(p))))
+    found = artifacts.comparisons(uri, runs, labels)
     if not found:
         return []
     ref = next((img for _, img in found if img.ndim == 3), found[0][1])

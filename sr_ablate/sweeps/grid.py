@@ -1,6 +1,6 @@
 """Sweep files (``sweeps/<study>.yaml``) turned into one Hydra ``-m`` invocation.
 
-    python -m sr_ablate sweep=srresnet_ablation [more overrides, e.g. trainer=smoke]
+    sr-ablate sweep=srresnet_ablation [more overrides, e.g. trainer=smoke]
 
 A sweep file names its ``study`` and holds any of:
   ``overrides``: applied to every run;
@@ -9,7 +9,7 @@ A sweep file names its ``study`` and holds any of:
   generated config group ``study_variant`` (one ``# @package _global_`` file per variant);
   ``baseline``: the variant the others are compared with in reports (a variant's name, or
   a grid point such as ``{model.blocks: 16}``);
-  ``optuna``: instead of a grid, an Optuna search (see ``sr_ablate.search``).
+  ``optuna``: instead of a grid, an Optuna search (see ``optuna_study``).
 Every run gets ``study=<study>`` (a param) and goes to the MLflow experiment of that name.
 A grid swept without a named baseline (``-m model.blocks=8,12,16,24``, or a sweep file
 with ``grid`` and neither ``baseline`` nor ``variants``) is compared with the default
@@ -21,11 +21,16 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from sr_ablate import UserError
+from sr_ablate.config import CONF_DIR, SWEEPS_DIR
+from sr_ablate.config.hashing import NOT_FACTORS, REPEATS
+from sr_ablate.config.validation import compose_job
 
-SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 KEYS = {"study", "description", "overrides", "grid", "variants", "baseline", "optuna"}
 
 
@@ -73,7 +78,7 @@ def variant_yaml(name: str, overrides: list[str]) -> str:
     defaults, body = [], {"variant": name}
     for o in overrides:
         key, _, value = o.partition("=")
-        if "." not in key and (CONF_DIR / key).is_dir():
+        if "." not in key and (Path(CONF_DIR) / key).is_dir():
             defaults.append({f"override /{key}": value})
             continue
         node = body
@@ -120,7 +125,7 @@ def expand(argv: list[str]) -> tuple[list[str], dict | None, tempfile.TemporaryD
         return argv, None, None
     spec = load(named[0].split("=", 1)[1])
     extra = [a for a in argv if not a.startswith("sweep=") and a not in ("-m", "--multirun")]
-    if spec.get("optuna"):  # not a Hydra sweep: sr_ablate.search drives it
+    if spec.get("optuna"):  # not a Hydra sweep: optuna_study drives it
         return extra, spec, None
     tmp = tempfile.TemporaryDirectory(prefix="sr_ablate_sweep_")
     return to_argv(spec, extra, Path(tmp.name)), spec, tmp
@@ -132,14 +137,6 @@ def default_baseline(argv: list[str]) -> dict:
     config group's is its option, e.g. ``{"model": "srresnet"}``; None when the default
     config has no such key). Keys the report pools or ignores (``seed``, ``trainer.device``...)
     and the ``study_variant`` group are left out. {} when that config does not compose."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from sr_ablate.preflight import compose_job
-    from sr_ablate.report import NOT_FACTORS, REPEATS  # what the report compares on
-
     typed = [a for a in argv if not a.startswith("-")
              and not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
     parsed = OverridesParser.create().parse_overrides(typed)

@@ -21,6 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
 THREADS_ENV = "SR_ABLATE_THREADS"       # torch threads per job
 OUTCOMES_ENV = "SR_ABLATE_OUTCOMES"     # folder the jobs write their outcomes to
 DEVICE_POOL_ENV = "SR_ABLATE_DEVICE_POOL"  # folder of per-GPU lock files (parallel jobs)
@@ -34,35 +37,9 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-_jobs_in_process = 0
-
-
-def process_start() -> float:
-    """Wall-clock time (``time.time()``) this process started, from /proc (10 ms ticks);
-    where there is no /proc, the time sr_ablate was imported."""
-    try:
-        with open("/proc/self/stat") as f:
-            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        from sr_ablate import IMPORTED_AT
-        return IMPORTED_AT
-
-
-def job_clock() -> float:
-    """Where a job's fixed cost counts from: the process start for a process's first job
-    (imports included), the call itself for the next jobs of a sweep in the same process."""
-    global _jobs_in_process
-    _jobs_in_process += 1
-    return process_start() if _jobs_in_process == 1 else time.time()
-
-
 def use_threads() -> None:
     """In a job: take the torch thread count the launching process chose, if it chose one."""
     if os.environ.get(THREADS_ENV):
-        import torch
         torch.set_num_threads(int(os.environ[THREADS_ENV]))
 
 
@@ -85,7 +62,6 @@ def plan(jobs: int, requested: int | None, n_cores: int, n_gpus: int = 0) -> tup
 
 def sweep_size(overrides: list[str]) -> int:
     """Number of jobs a Hydra ``-m`` command line makes (product of the swept values)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(
         [o for o in overrides if not o.startswith("-")])

@@ -1,4 +1,4 @@
-"""``python -m sr_ablate.bench`` (``make bench``): what sr_ablate costs over the bare model.
+"""``python -m sr_ablate bench`` (``make bench``): what sr_ablate costs over the bare model.
 
 Measured in one process run and printed side by side (Markdown tables), figures never
 asserted:
@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-from sr_ablate import bench_costs, bench_train as bt
-from sr_ablate.bench_costs import table
+from sr_ablate.bench import costs
+from sr_ablate.bench import training as bt
+from sr_ablate.bench.costs import table
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
@@ -120,7 +121,7 @@ def knobs(s: bt.Setup, name, overrides, batch, patch, device, steps, rounds) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sr_ablate.bench", description=__doc__,
+    ap = argparse.ArgumentParser(prog="sr-ablate bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(bt.MODELS), choices=list(bt.MODELS))
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds; best kept")
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             ap.error("the Lightning comparison needs lightning: pip install -e '.[bench]', "
                      "or pass --no-lightning")
-    from sr_ablate.run import pick_device
+    from sr_ablate.training.job import pick_device
     device = pick_device(args.device)
     out = [f"Machine: {machine(device)}."]
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,13 +165,13 @@ def main(argv: list[str] | None = None) -> int:
                 out += ["\nKnobs, bare loop it/s relative to fp32 (trainer.channels_last, "
                         "trainer.compile, trainer.precision):\n", knob]
         if "startup" in args.only:
-            out += ["\n### Fixed cost\n", bench_costs.report(tmp, args.jobs, device,
+            out += ["\n### Fixed cost\n", costs.report(tmp, args.jobs, device,
                                                                   args.repeats)]
         if "eval" in args.only:
-            out += ["\n### Evaluation\n", bench_costs.evaluation(args.data)]
+            out += ["\n### Evaluation\n", costs.evaluation(args.data)]
         if "live" in args.only:
             out += ["\n### Live model (ESPCN x1.5, 1280x720 -> 1920x1080)\n",
-                    bench_costs.live(args.frames, device)]
+                    costs.live(args.frames, device)]
     text = "\n".join(out)
     print(text)
     if args.md:

@@ -12,17 +12,13 @@ import math
 
 import pandas as pd
 
-from sr_ablate.stats import diff_ci, holm, mean_ci, paired_p, seed_mean
+from sr_ablate.config.hashing import NOT_FACTORS, REPEATS
+from sr_ablate.report.stats import diff_ci, holm, mean_ci, paired_p, seed_mean
 
 COST = ["train/loss", "model/params", "model/gflops", "model/ms_per_frame",
         "model/s_per_30_frames", "wall_s"]
 SET_METRICS = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
 WITH_CI = ("psnr", "ssim")
-# Params that differ between runs without being a design choice.
-NOT_FACTORS = {"tracking.uri", "tracking.experiment", "trainer.progress", "trainer.device",
-               "sweep.force", "sweep.trials", "sweep.storage", "sweep.workers"}
-# Params swept to repeat a configuration, not to compare designs: their runs are pooled.
-REPEATS = ("seed",)
 ALPHA = 0.05
 
 

@@ -1,7 +1,7 @@
-"""``python -m sr_ablate.evaluate``: evaluate bicubic or a trained run on any set and scale.
+"""``python -m sr_ablate evaluate``: evaluate bicubic or a trained run on any set and scale.
 
-    python -m sr_ablate.evaluate model=bicubic eval.data=<HR folder> scale=<s>
-    python -m sr_ablate.evaluate model=<MLflow run id | runs:/<id> | checkpoint.pt> eval.sets=[set5,set14]
+    python -m sr_ablate evaluate model=bicubic eval.data=<HR folder> scale=<s>
+    python -m sr_ablate evaluate model=<MLflow run id | runs:/<id> | checkpoint.pt> eval.sets=[set5,set14]
 
 Other keys: any ``eval.*`` (protocol, color, tile, format=json ...), ``tracking.uri``,
 ``trainer.device``. Prints a per-image table and the mean per set; with ``eval.format=json``
@@ -17,13 +17,14 @@ from pathlib import Path
 
 import torch
 
-from sr_ablate import UserError, checkpoint
+from sr_ablate import UserError
+from sr_ablate.training import checkpoint
 
 
 def load_model(spec: str, uri: str, scale: int, device) -> torch.nn.Module | None:
     """None for ``bicubic``; else the model of an MLflow run id / ``runs:/<id>`` / .pt file."""
     from sr_ablate import tracking
-    from sr_ablate.run import build_model
+    from sr_ablate.training.job import instantiate_node
 
     if spec == "bicubic":
         return None
@@ -31,14 +32,14 @@ def load_model(spec: str, uri: str, scale: int, device) -> torch.nn.Module | Non
         path = Path(spec)
         if not path.is_file():
             raise UserError(f"checkpoint {spec} not found; give an existing .pt file or a run id")
-        return _from_checkpoint(path, scale, device, build_model)
+        return _from_checkpoint(path, scale, device, instantiate_node)
     run_id = spec.removeprefix("runs:/").strip("/").split("/")[0]
     with tempfile.TemporaryDirectory() as tmp:
         path = tracking.download_checkpoint(uri, run_id, tmp)
-        return _from_checkpoint(path, scale, device, build_model)
+        return _from_checkpoint(path, scale, device, instantiate_node)
 
 
-def _from_checkpoint(path: Path, scale: int, device, build_model) -> torch.nn.Module:
+def _from_checkpoint(path: Path, scale: int, device, instantiate_node) -> torch.nn.Module:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         model_cfg = ckpt["config"]["model"]
@@ -48,14 +49,14 @@ def _from_checkpoint(path: Path, scale: int, device, build_model) -> torch.nn.Mo
     trained = ckpt["config"].get("scale")
     if trained != scale:
         raise UserError(f"the model was trained for scale={trained}; pass scale={trained}")
-    model = build_model(model_cfg)
+    model = instantiate_node(model_cfg)
     checkpoint.load_weights(model, ckpt["model"], path)
     return model.to(device).eval()
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sr_ablate.preflight import validate
-    from sr_ablate.run import build_evaluators, pick_device
+    from sr_ablate.config.validation import validate
+    from sr_ablate.training.job import build_evaluators, pick_device
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):

@@ -19,7 +19,7 @@ import math
 
 import pandas as pd
 
-from sr_ablate.stats import min_p, pairs_needed
+from sr_ablate.report.stats import min_p, pairs_needed
 
 # A run is "not converged" when its validation PSNR rose by more than this between its last
 # two evaluations. 0.05 dB is a fixed threshold, set before any study was run and not tuned

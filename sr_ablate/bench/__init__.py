@@ -1,0 +1,1 @@
+"""Measurements behind ``sr-ablate bench``: training throughput and fixed costs."""

@@ -1,0 +1,1 @@
+"""The command line: ``main`` dispatches ``sr-ablate [train] | evaluate | report | download | bench``."""

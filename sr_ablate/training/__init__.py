@@ -1,0 +1,2 @@
+"""Training: the loop (``fit``), losses, resumable checkpoints, and ``job`` (one config -> one
+tracked run)."""
