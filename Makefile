@@ -4,7 +4,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 ARGS ?=
 
-.PHONY: help install test test-all train sweep report ui bench
+.PHONY: help install lint test test-all train sweep report ui bench
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -14,6 +14,9 @@ install:  ## install the project (+ CPU torch here / CUDA torch on GPU machines 
 	@# elsewhere; an existing torch (e.g. a CUDA build) is left alone.
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
 	$(PYTHON) -m pip install -e '.[dev]'
+
+lint:  ## ruff (rules in pyproject.toml)
+	$(PYTHON) -m ruff check .
 
 test:  ## run the tests (slow ones excluded)
 	$(PYTHON) -m pytest -m "not slow" -q

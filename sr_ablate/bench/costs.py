@@ -11,6 +11,15 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sr_ablate import data, tracking
+from sr_ablate.config import validation
+from sr_ablate.core.complexity import count_params
+from sr_ablate.core.degrade import bicubic_up, downscale, imresize
+from sr_ablate.core.evaluate import Evaluator, Protocol, model_input, reference, score, to_metric
+from sr_ablate.training.job import instantiate_node
 
 # The bare script: import torch and the model, one Adam step, print the wall clock.
 BARE = """
@@ -83,7 +92,6 @@ def sweep_cmd(n: int, uri: str) -> list[str]:
 def report(tmp: str, jobs: int, device: torch.device, repeats: int = 3) -> str:
     """Process start -> first step (bare script, the same with MLflow, Lightning, one
     sr_ablate run; least of ``repeats``) and the cost of each further job of a sweep."""
-    from sr_ablate import tracking
 
     def sr_ablate_runs(n: int, name: str):
         cwd = Path(tmp) / name
@@ -146,11 +154,7 @@ def data_folder(given: str | None) -> Path:
 
 def evaluation(given: str | None) -> str:
     """PSNR+SSIM of Set14 x4 and MATLAB-bicubic downscaling of BSD100 (best of 3)."""
-    from PIL import Image
 
-    from sr_ablate import data
-    from sr_ablate.core.degrade import bicubic_up, downscale
-    from sr_ablate.core.evaluate import Evaluator, Protocol, model_input, reference, score, to_metric
     root = data_folder(given)
     if not (root / "Set14").is_dir() or not (root / "BSD100").is_dir():
         return f"skipped: Set14 and BSD100 not found under {root} (pass --data <folder>)"
@@ -176,12 +180,7 @@ def evaluation(given: str | None) -> str:
 def live(frames: int, device: torch.device) -> str:
     """ESPCN x1.5 at the live sweep's widths: ms per 720p -> 1080p frame, then ``frames``
     frames, against bicubic upscaling (torch's, and MATLAB's in float32) of the same frames."""
-    import torch.nn.functional as F
 
-    from sr_ablate.config import validation
-    from sr_ablate.core.complexity import count_params
-    from sr_ablate.core.degrade import imresize
-    from sr_ablate.training.job import instantiate_node
     x = torch.rand(1, 3, 720, 1280, generator=torch.Generator().manual_seed(0)).to(device)
 
     def timed(fn) -> float:

@@ -9,12 +9,20 @@ All share the model, optimiser and loss built from the Hydra config (one name en
 """
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from sr_ablate import data
+from sr_ablate.config import validation
+from sr_ablate.core.evaluate import model_channels
+from sr_ablate.training.job import instantiate_node
+from sr_ablate.training.loop import fit
 
 # name -> (overrides, batch, LR patch): the shapes of docs/protocol.md#benchmark-shapes; VDSR at batch
 # 16 x 40^2 instead of 64 x 41^2 to keep a round of the benchmark near 10 s on 2 cores.
@@ -43,10 +51,6 @@ class Setup:
 def setup(name: str, overrides: list[str], batch: int, patch: int, *, scale: int = 2,
           device: str = "cpu", channels_last: bool = False) -> Setup:
     """Compose ``overrides`` with Hydra and build what ``run`` would build for them."""
-    from sr_ablate import data
-    from sr_ablate.config import validation
-    from sr_ablate.core.evaluate import model_channels
-    from sr_ablate.training.job import instantiate_node
 
     cfg = validation.compose([*overrides, f"scale={scale}", "data=builtin"])
     torch.manual_seed(0)
@@ -89,7 +93,6 @@ def bare_its(s: Setup, steps: int, autocast: torch.dtype | None = None, model=No
 
 def full_its(s: Setup, steps: int, log_fn, log_every: int = 10) -> float:
     """it/s of sr_ablate's ``fit`` with patch sampling and logging (evaluation off)."""
-    from sr_ablate.training.loop import fit
     _sync(s.device)
     t = time.perf_counter()
     fit(s.model, s.batches, s.optimizer, steps=steps, loss_fn=s.loss_fn, log_fn=log_fn,
@@ -149,7 +152,6 @@ class GpuUtilisation:
         self.device, self.samples, self.error = device, [], None
 
     def __enter__(self):
-        import threading
         self.stop = threading.Event()
         if self.device.type == "cuda":
             self.thread = threading.Thread(target=self._sample, daemon=True)
@@ -176,7 +178,6 @@ class GpuUtilisation:
 
 def step_gflop(s: Setup) -> float:
     """GFLOP of one training step (forward + backward), counted by ``FlopCounterMode``."""
-    from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as counter:
         s.loss_fn(s.model(s.pool[0][0]), s.pool[0][1]).backward()
     s.optimizer.zero_grad(set_to_none=True)

@@ -25,9 +25,11 @@ from pathlib import Path
 
 import torch
 
+from sr_ablate import tracking
 from sr_ablate.bench import costs
 from sr_ablate.bench import training as bt
 from sr_ablate.bench.costs import table
+from sr_ablate.training.job import pick_device
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
@@ -55,7 +57,6 @@ def steps_for(s: bt.Setup, seconds: float, log_every: int) -> int:
 
 def training(args, device, uri: str, peak: float) -> tuple[str, str]:
     """Sections 1-3: (throughput table, knobs table)."""
-    from sr_ablate import tracking
     rows, knob_rows = [], []
     for name in args.models:
         overrides, batch, patch = bt.MODELS[name]
@@ -150,7 +151,6 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             ap.error("the Lightning comparison needs lightning: pip install -e '.[bench]', "
                      "or pass --no-lightning")
-    from sr_ablate.training.job import pick_device
     device = pick_device(args.device)
     out = [f"Machine: {machine(device)}."]
     with tempfile.TemporaryDirectory() as tmp:

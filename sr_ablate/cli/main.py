@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -126,6 +127,10 @@ def _command(name: str, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        # as under ``python -m``: a model class in the user's folder (``_target_: mynets.Net``)
+        # imports the same through the ``sr-ablate`` script
+        sys.path.insert(0, os.getcwd())
     if argv and argv[0] in COMMANDS:
         return _command(argv[0], argv[1:])
     if argv and argv[0] == "--version":

@@ -29,7 +29,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 
 from sr_ablate import UserError
-from sr_ablate.config import CONF_DIR
+from sr_ablate.config import CONF_DIR, CONFIG_DIR_ENV
 from sr_ablate.config import validation
 from sr_ablate.config.hashing import config_hash
 from sr_ablate.sweeps import grid, resources
@@ -37,7 +37,6 @@ from sr_ablate.training import clock, summary
 from sr_ablate.training.loop import NonFiniteLoss
 
 CWD = os.getcwd()  # before Hydra can change directories: the MLflow store lives here
-CONFIG_DIR_ENV = "SR_ABLATE_CONFIG_DIR"  # read by validation.compose; optuna workers inherit it
 # ``sr_ablate.tracking`` (MLflow), ``training.job`` and ``optuna_study`` are imported where they
 # are used: importing MLflow and Optuna costs seconds that ``--help`` and bad input need not pay.
 

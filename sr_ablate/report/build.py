@@ -14,6 +14,8 @@ sweep asked for without a finished run are listed as missing.
 """
 from __future__ import annotations
 
+import itertools
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -221,7 +223,6 @@ REUSED = "tag:sr_ablate.reused_run_ids"
 def expected_variants(definitions: list[str]) -> list[dict]:
     """The variants sweep files asked for: ``{variant: name}`` per named variant, else one
     ``{key: value}`` per grid combination (seeds left out: they are repeats)."""
-    import itertools
     out = []
     for text in definitions:
         try:
@@ -242,7 +243,6 @@ def failures_of(parents: pd.DataFrame, runs: pd.DataFrame, name: str) -> list:
     """[job overrides, error] of the failed jobs recorded on the parent runs of the sweeps of
     ``runs``, of experiment ``name`` or of sweep ``name`` (a relaunch that only reused runs
     and failed again has no runs of its own), oldest sweep first."""
-    import json
     ids = set(runs.get("tag:sr_ablate.sweep_id", pd.Series(dtype=str)).dropna())
     col = "tag:sr_ablate.failed_jobs"
     if parents.empty or col not in parents:

@@ -15,12 +15,12 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 
 def mean_ci(values, level: float = 0.95) -> tuple[float, float]:
     """(mean, half-width of the ``level`` confidence interval) of ``values``, by Student's t.
     One value: half-width NaN (no spread to estimate)."""
-    from scipy import stats
 
     x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     if len(x) == 0:
@@ -44,7 +44,6 @@ def paired_p(a, b) -> float:
     (already averaged over seeds), Wilcoxon signed-rank, exact for up to 50 pairs without
     ties or zero differences (SciPy's choice). 1.0 when every difference is zero, NaN with
     fewer than 2 pairs."""
-    from scipy import stats
 
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     if len(d) < 2:

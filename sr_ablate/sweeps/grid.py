@@ -27,7 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sr_ablate import UserError
-from sr_ablate.config import CONF_DIR, SWEEPS_DIR
+from sr_ablate.config import SWEEPS_DIR, config_dirs
 from sr_ablate.config.hashing import NOT_FACTORS, REPEATS
 from sr_ablate.config.validation import compose_job
 
@@ -78,7 +78,7 @@ def variant_yaml(name: str, overrides: list[str]) -> str:
     defaults, body = [], {"variant": name}
     for o in overrides:
         key, _, value = o.partition("=")
-        if "." not in key and (Path(CONF_DIR) / key).is_dir():
+        if "." not in key and any((d / key).is_dir() for d in config_dirs()):
             defaults.append({f"override /{key}": value})
             continue
         node = body

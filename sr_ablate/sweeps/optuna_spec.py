@@ -6,6 +6,9 @@ import inspect
 import json
 import re
 
+import optuna
+import sqlalchemy
+
 from sr_ablate import UserError
 
 OPTUNA_KEYS = {"trials", "objectives", "params", "sampler", "pruner", "storage", "seeds",
@@ -63,7 +66,6 @@ def check_spec(spec: dict) -> dict:
 
 def make_component(kind: str, cfg: dict | None, names: dict, **extra):
     """Build a sampler or pruner from ``{name: <short name>, **kwargs}``."""
-    import optuna
 
     module = optuna.samplers if kind == "sampler" else optuna.pruners
     cfg = dict(cfg or {"name": "none"})
@@ -95,8 +97,6 @@ def sampler_for(opt: dict, trial_number: int):
 def storage(url: str, heartbeat: int, on_stale=None):
     """An Optuna RDB storage with heartbeats: a dead worker's trial is failed after two
     missed beats, queued again with the same parameters, and ``on_stale(trial)`` called."""
-    import optuna
-    import sqlalchemy
 
     retry_cb = optuna.storages.RetryFailedTrialCallback(max_retry=3)
 
@@ -122,7 +122,6 @@ def storage(url: str, heartbeat: int, on_stale=None):
 
 def redact(url: str) -> str:
     """The URL without its password (for logs and MLflow tags); UserError if not a URL."""
-    import sqlalchemy
     try:
         return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
     except sqlalchemy.exc.ArgumentError:
