@@ -13,7 +13,19 @@ import numpy as np
 import pytest
 import torch
 
-from sr_ablate.degrade import bicubic_down, bicubic_up, contributions, cubic, imresize, modcrop
+import re
+from pathlib import Path
+
+import torch.nn.functional as F
+from PIL import Image
+
+import sr_ablate
+from sr_ablate.core import evaluate
+from sr_ablate.core.degrade import (bicubic_down, bicubic_up, contributions, cubic, downscale,
+                                    imresize, modcrop, round_half_away, to_uint8)
+from sr_ablate.core.evaluate import Protocol, model_input, reference
+from sr_ablate.core.metrics import rgb_to_y
+from sr_ablate.data import builtin_dir, make_pairs, read_image
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,7 +367,7 @@ def test_bicubic_down_quantize(scale):
         assert tuple(q.shape) == (3, h // scale, w // scale)
         assert torch.equal(q, q.round())
         assert q.min().item() >= 0 and q.max().item() <= 255
-        torch.testing.assert_close(q, raw.round().clamp(0, 255), rtol=0, atol=0)
+        torch.testing.assert_close(q, torch.floor(raw + 0.5).clamp(0, 255), rtol=0, atol=0)
         # non-quantised output is exactly imresize(hr, 1/s)
         torch.testing.assert_close(raw, imresize(hr, scale=1 / scale), rtol=0, atol=0)
     raw = bicubic_down(checker.expand(3, h, w).contiguous(), scale, quantize=False)
@@ -376,3 +388,55 @@ def test_bicubic_down_and_up_match_reference(scale):
     torch.testing.assert_close(up, imresize(lr, scale=scale), rtol=0, atol=1e-12)
     # not rounded or clamped
     assert not torch.equal(up, up.round())
+
+
+# --------------------------------------------------------------------------------------------
+# Rounding to uint8: MATLAB's, halves away from zero, in one helper
+# --------------------------------------------------------------------------------------------
+
+def test_to_uint8_rounds_halves_away_from_zero_like_matlab():
+    x = torch.tensor([0.5, 1.5, 2.5, 3.5, 126.5, 254.5, 255.5, -0.5, 2.4999999999999996,
+                      0.49999999999999994, 7.0, 300.0, -3.0], dtype=torch.float64)
+    assert to_uint8(x).tolist() == [1, 2, 3, 4, 127, 255, 255, 0, 2, 0, 7, 255, 0]
+    assert to_uint8(x).dtype == torch.float64
+    assert round_half_away(torch.tensor([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5])).tolist() == [
+        -3, -2, -1, 1, 2, 3]
+    assert torch.round(x[:4]).tolist() == [0, 2, 2, 4]  # what torch.round does instead
+
+
+def test_area_x2_lr_of_a_real_image_is_rounded_like_matlab():
+    """An area x2 LR pixel is the mean of 4 integers: a quarter of them end in .5, which MATLAB
+    rounds up (floor(x + 0.5)); half-to-even rounding put ~11% of these pixels one level
+    lower. Training pairs get the same LR."""
+    hr = modcrop(read_image(builtin_dir() / "astronaut.png"), 2)
+    means = F.avg_pool2d(hr.double()[None], 2)[0]
+    assert (means.frac() == 0.5).double().mean() > 0.2
+    lq = downscale(hr, 2, "area")
+    assert torch.equal(lq, torch.floor(means + 0.5))
+    (pair,) = make_pairs([("astronaut", hr)], 2, "area")
+    assert torch.equal(pair.lq.double(), lq)
+
+
+def test_luma_rounding_is_matlabs_wherever_it_happens(tmp_path):
+    """RGB (2, 44, 141) has BT.601 luma 52.5 exactly: MATLAB's rgb2ycbcr on uint8 gives 53
+    (torch.round: 52) when reading Y training images, in the classic reference and in the
+    input of Y models."""
+    rgb = torch.tensor([2, 44, 141], dtype=torch.uint8).view(3, 1, 1).expand(3, 30, 30)
+    assert rgb_to_y(rgb)[0, 0, 0].item() == 52.5
+    Image.fromarray(rgb.permute(1, 2, 0).contiguous().numpy()).save(tmp_path / "half.png")
+    assert read_image(tmp_path / "half.png", "y").unique().tolist() == [53]
+    assert reference(rgb, Protocol("classic")).unique().tolist() == [53.0]
+    lq = model_input(rgb, 2, Protocol("classic"), 1)  # float LR of a constant 53 image
+    torch.testing.assert_close(lq, torch.full_like(lq, 53.0), rtol=0, atol=1e-9)
+    assert evaluate.quantize is to_uint8  # the evaluation's name for it: no second copy
+
+
+def test_no_other_rounding_in_the_image_pipeline():
+    """Every rounding of pixel values calls ``to_uint8``; a stray ``.round()`` (half to even)
+    would bring the MATLAB mismatch back."""
+    root = Path(sr_ablate.__file__).parent
+    stray = [f"{p.relative_to(root)}:{i}" for folder in ("core", "data", "training")
+             for p in sorted((root / folder).rglob("*.py")) if p.name != "degrade.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1)
+             if re.search(r"\.round\(\)|torch\.round\(|np\.round\(", line)]
+    assert stray == []

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sr_ablate.metrics import psnr, rgb_to_y, shave, ssim
+from sr_ablate.core.metrics import psnr, rgb_to_y, shave, ssim
 
 SET5 = Path(__file__).resolve().parents[2] / "shared" / "data" / "Set5"
 
@@ -134,7 +134,7 @@ def test_psnr_matches_numpy_reference_on_random_images():
 
 
 def test_psnr_on_real_images_matches_reference():
-    from sr_ablate.degrade import bicubic_down, bicubic_up, modcrop
+    from sr_ablate.core.degrade import bicubic_down, bicubic_up, modcrop
     for name, img in load_set5():
         hr = modcrop(t(img).to(torch.float64), 2)
         sr = bicubic_up(bicubic_down(hr, 2), 2).round().clamp(0, 255)
@@ -213,7 +213,7 @@ def test_ssim_multichannel_is_mean_of_channels():
 
 
 def test_ssim_matches_numpy_reference_on_real_images():
-    from sr_ablate.degrade import bicubic_down, bicubic_up, modcrop
+    from sr_ablate.core.degrade import bicubic_down, bicubic_up, modcrop
     for name, img in load_set5():
         hr = modcrop(t(img).to(torch.float64), 3)
         sr = bicubic_up(bicubic_down(hr, 3), 3).round().clamp(0, 255)
@@ -285,3 +285,22 @@ def test_shave_then_psnr_ignores_the_border():
     b[..., :, -2:] = 0
     assert psnr(shave(a, 2), shave(b, 2)) == math.inf
     assert psnr(shave(a, 1), shave(b, 1)) < math.inf
+
+
+def test_bt601_coefficients_live_in_metrics_only():
+    """One copy of the BT.601 coefficients: evaluation (colorize_y, to_gray) imports
+    metrics' and rgb_to_y is its first row; no other module of the package spells them."""
+    import re
+
+    import sr_ablate
+    from sr_ablate.core import evaluate, metrics
+    assert evaluate.LUMA is metrics.LUMA and evaluate.YCBCR is metrics.YCBCR
+    assert evaluate.YCBCR_OFFSET is metrics.YCBCR_OFFSET
+    assert torch.equal(metrics.YCBCR[0], metrics.LUMA)
+    rgb = torch.randint(0, 256, (3, 5, 7), generator=torch.Generator().manual_seed(0))
+    ycc = torch.einsum("ij,jhw->ihw", metrics.YCBCR, rgb.double() / 255) + metrics.YCBCR_OFFSET
+    torch.testing.assert_close(rgb_to_y(rgb), ycc[:1], rtol=0, atol=1e-12)
+    root = Path(sr_ablate.__file__).parent
+    spelt = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                   if re.search(r"65\.481|128\.553|24\.966", p.read_text()))
+    assert spelt == ["core/metrics.py"]

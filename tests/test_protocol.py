@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sr_ablate.data import list_images, load_eval_images
-from sr_ablate.evaluate import Evaluator, Protocol
+from sr_ablate.core.evaluate import Evaluator, Protocol
 
 from conftest import SHARED_DATA
 from test_degrade import ref_imresize
@@ -111,3 +111,57 @@ def test_protocol_tags_name_what_was_done():
     assert Protocol("classic").tags()["eval.lr_source"].endswith("_float")
     assert Protocol("modern").tags()["eval.lr_source"].endswith("_uint8")
     assert Protocol(color="rgb").tags()["eval.color_space"] == "rgb"
+
+
+class Capture(torch.nn.Module):
+    """A pre-upsampling 'model' (as SRCNN, VDSR) that returns its input and keeps it."""
+    upsampled_input, scale = True, 2
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x)
+        return x
+
+
+@pytest.mark.parametrize("protocol,quantize", [("modern", True), ("classic", False)])
+def test_pre_upsampling_model_is_evaluated_on_its_training_input(protocol, quantize):
+    """The bicubic-enlarged LR that SRCNN/VDSR train on (make_pairs; the sampler divides by
+    255) is the one they are evaluated on: rounded to uint8 with a uint8 LR (modern and
+    degradation.quantize), float with a float LR (classic, degradation.quantize=false)."""
+    from sr_ablate.core.degrade import modcrop
+    from sr_ablate.data import builtin_dir, make_pairs, read_image
+    hr = modcrop(read_image(builtin_dir() / "chelsea.png"), 2)
+    model = Capture()
+    Evaluator([("chelsea", hr)], 2, Protocol(protocol))(model)
+    (pair,) = make_pairs([("chelsea", hr)], 2, "bicubic", quantize=quantize, upsampled=True)
+    (seen,) = model.seen
+    train = pair.lq.float().div(255)
+    print(f"{protocol}: {(seen[0] != train).double().mean().item():.1%} of the input differs")
+    if quantize:
+        assert torch.equal(seen[0], train)
+    else:  # float32 of x / 255 in float64 vs of float32(x) / 255: within an ulp
+        torch.testing.assert_close(seen[0], train, rtol=0, atol=1e-6)
+
+
+class Raises(torch.nn.Module):
+    scale = 2
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        raise RuntimeError("CUDA out of memory")
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_evaluation_leaves_the_model_in_its_mode_when_it_raises(training):
+    model = Raises().train(training)
+    ev = Evaluator([("a", torch.zeros(3, 24, 24, dtype=torch.uint8))], 2)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        ev(model)
+    assert model.training is training

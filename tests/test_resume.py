@@ -2,15 +2,22 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
+import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
-from sr_ablate import checkpoint
+from sr_ablate import UserError
+from sr_ablate.training import checkpoint
+from sr_ablate.training.job import run_job, seed_everything
+from sr_ablate.training.loop import Interrupted
 
 from conftest import TINY, cli
 
@@ -148,3 +155,63 @@ def test_relaunching_a_sweep_resumes_its_interrupted_job_in_the_new_parent(tmp_p
     for c in children:
         assert [s for s, _ in history(client, c.info.run_id, "train/loss")] == list(
             range(10, 401, 10))
+
+
+def test_seeding_repeats_numpy_draws_and_a_checkpoint_restores_them(tmp_path):
+    """NumPy's generator is seeded with the others (same seed, same draws), and its state
+    travels in a checkpoint file and back, with Python's and torch's."""
+    seed_everything(7)
+    first = np.random.rand(4)
+    np.random.rand(100)
+    seed_everything(7)
+    assert np.array_equal(np.random.rand(4), first)
+    seed_everything(8)
+    assert not np.array_equal(np.random.rand(4), first)
+
+    np.random.randn(1)  # Box-Muller keeps its second value: the state's cached gaussian
+    checkpoint.save_atomic({"rng": checkpoint.rng_state()}, tmp_path / "rng.pt")
+    want = (np.random.rand(5), np.random.randn(3), random.random(), torch.rand(3))
+    np.random.rand(50), random.random(), torch.rand(9)  # the process goes on drawing
+    checkpoint.set_rng_state(checkpoint.load(tmp_path / "rng.pt")["rng"])
+    got = (np.random.rand(5), np.random.randn(3), random.random(), torch.rand(3))
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert got[2] == want[2] and torch.equal(got[3], want[3])
+
+
+def test_resume_into_another_experiment_is_refused_in_one_line(store, compose, tmp_path,
+                                                                monkeypatch):
+    """A checkpoint's run lives in experiment sr_ablate; resuming it with
+    tracking.experiment=other stops before touching any run, and the checkpoint still
+    resumes with the right experiment."""
+    short = [*TINY, "tracking.checkpoint=false", "trainer.steps=6"]
+
+    @contextmanager
+    def stop_at_once():
+        yield lambda: True  # as if SIGTERM came during the first step
+    real = checkpoint.stop_on_signals
+    monkeypatch.setattr(checkpoint, "stop_on_signals", stop_at_once)
+    with pytest.raises(Interrupted):
+        run_job(compose(short), cwd=str(tmp_path))
+    monkeypatch.setattr(checkpoint, "stop_on_signals", real)
+    client = MlflowClient(store)
+    (ckpt,) = (tmp_path / ".sr_ablate" / "checkpoints").glob("*.pt")
+    (run,) = client.search_runs([client.get_experiment_by_name("sr_ablate").experiment_id])
+    assert run.info.status == "KILLED" and checkpoint.load(ckpt)["run_id"] == run.info.run_id
+
+    with pytest.raises(UserError) as e:
+        run_job(compose([*short, "resume=true", "tracking.experiment=other"]),
+                cwd=str(tmp_path))
+    msg = str(e.value)
+    print(msg)
+    assert "\n" not in msg
+    assert f"MLflow run {run.info.run_id} of experiment 'sr_ablate', not 'other'" in msg
+    assert "tracking.experiment=sr_ablate or resume=false" in msg
+    again = client.get_run(run.info.run_id)
+    assert (again.info.status, again.info.end_time, again.data.tags) == (
+        run.info.status, run.info.end_time, run.data.tags)  # untouched
+    other = client.get_experiment_by_name("other")
+    assert other is None or client.search_runs([other.experiment_id]) == []
+    assert ckpt.exists()
+
+    run_job(compose([*short, "resume=true"]), cwd=str(tmp_path))
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"

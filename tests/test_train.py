@@ -5,7 +5,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from sr_ablate.train import clip_gradients, fit
+from sr_ablate.training.loop import clip_gradients, fit
 
 
 def grads(values):

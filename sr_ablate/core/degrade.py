@@ -15,6 +15,22 @@ import torch
 KERNELS = ("bicubic", "bilinear", "area", "nearest")
 
 
+def round_half_away(x: torch.Tensor) -> torch.Tensor:
+    """Round to the nearest integer, halves away from zero (2.5 -> 3, -2.5 -> -3), as MATLAB's
+    ``round`` and its conversion to uint8 do; ``torch.round`` sends halves to even (2.5 -> 2).
+    Exact for every float (no ``floor(x + 0.5)`` error just below a half)."""
+    whole = torch.trunc(x)
+    frac = x - whole  # exact: the fractional part of a float is representable
+    return whole + torch.sign(frac) * (frac.abs() >= 0.5)
+
+
+def to_uint8(img: torch.Tensor) -> torch.Tensor:
+    """The uint8 values MATLAB would store: rounded half away from zero, clamped to [0, 255],
+    kept as float64. Every rounding to uint8 in sr_ablate goes through here
+    (docs/protocol.md#rounding-to-uint8)."""
+    return round_half_away(img.to(torch.float64)).clamp(0, 255)
+
+
 def cubic(x: torch.Tensor) -> torch.Tensor:
     """Keys cubic kernel with a = -0.5 (MATLAB's ``cubic``), support [-2, 2]."""
     ax = x.abs()
@@ -131,13 +147,13 @@ def downscale(hr: torch.Tensor, scale: float, kernel: str = "bicubic",
               quantize: bool = True) -> torch.Tensor:
     """LR image from an HR image (..., H, W) in [0, 255], H, W multiples of ``crop_multiple``.
 
-    MATLAB ``imresize(hr, 1/scale, kernel)``. ``quantize`` rounds to integers and clamps to
-    [0, 255], as when the LR is stored as a PNG (the BasicSR/EDSR protocol).
+    MATLAB ``imresize(hr, 1/scale, kernel)``. ``quantize`` rounds to uint8 values
+    (``to_uint8``), as when the LR is stored as a PNG (the BasicSR/EDSR protocol).
     Returns float64 (..., H/s, W/s).
     """
     h, w = hr.shape[-2:]
     lq = imresize(hr.to(torch.float64), size=(round(h / scale), round(w / scale)), kernel=kernel)
-    return lq.round().clamp(0, 255) if quantize else lq
+    return to_uint8(lq) if quantize else lq
 
 
 def bicubic_down(hr: torch.Tensor, scale: float, quantize: bool = True) -> torch.Tensor:
@@ -149,3 +165,13 @@ def bicubic_up(lq: torch.Tensor, scale: float) -> torch.Tensor:
     """MATLAB bicubic upscaling of (..., h, w) to (..., h*s, w*s); float, not rounded."""
     h, w = lq.shape[-2:]
     return imresize(lq, size=(round(h * scale), round(w * scale)))
+
+
+def upsampled_input(lq: torch.Tensor, scale: float, quantize: bool) -> torch.Tensor:
+    """The input of a pre-upsampling model (SRCNN, VDSR) for the LR ``lq`` (..., h, w) in
+    [0, 255]: MATLAB bicubic enlargement to (..., h*s, w*s), clamped to [0, 255], and rounded
+    (``to_uint8``) when ``quantize``, i.e. when the LR is uint8: MATLAB ``imresize`` returns
+    uint8 for a uint8 image. Training pairs and evaluation both use it
+    (docs/protocol.md#pre-upsampling-input). Float64."""
+    up = bicubic_up(lq.to(torch.float64), scale)
+    return to_uint8(up) if quantize else up.clamp(0, 255)

@@ -10,6 +10,10 @@ edge, PSNR (peak 255) and SSIM per image in float64, then averaged over images:
   (the LR is *not* rounded), round the output to uint8, compare with the HR Y.
   RGB models get the float (unrounded) RGB LR; their output is rounded, then converted to Y.
 
+Rounding to uint8 is MATLAB's, halves away from zero (``core.degrade.to_uint8``). Pre-upsampling
+models (SRCNN, VDSR) get the bicubic-enlarged LR, rounded to uint8 exactly when the LR is
+(``modern``), as their training pairs are (docs/protocol.md#pre-upsampling-input).
+
 ``eval.color=rgb`` scores the RGB channels instead of Y. Gray images are scored on their gray
 values (never squeezed into 16-235); an RGB model sees them as 3 equal channels and its
 output is turned back to gray with the normalised luma weights.
@@ -25,10 +29,9 @@ from pathlib import Path
 
 import torch
 
-from sr_ablate.degrade import bicubic_up, downscale
-from sr_ablate.metrics import psnr, rgb_to_y, shave, ssim
-
-LUMA = torch.tensor([65.481, 128.553, 24.966], dtype=torch.float64)
+from sr_ablate.core.degrade import bicubic_up, downscale, to_uint8, upsampled_input
+from sr_ablate.core.digest import sha256_file
+from sr_ablate.core.metrics import LUMA, YCBCR, YCBCR_OFFSET, psnr, rgb_to_y, shave, ssim
 
 
 @dataclass(frozen=True)
@@ -39,23 +42,17 @@ class Protocol:
     kernel: str = "bicubic"  # LR degradation of the evaluation images
     ssim_impl: str = "gaussian11_sigma1.5_valid_float64"
 
+    @property
+    def uint8_lr(self) -> bool:
+        """Whether the LR (and a pre-upsampling model's enlarged input) is rounded to uint8."""
+        return self.name == "modern"
+
     def tags(self) -> dict[str, str]:
-        lr = "uint8" if self.name == "modern" else "float"
+        lr = "uint8" if self.uint8_lr else "float"
         return {"eval.protocol": self.name, "eval.color_space": f"{self.color}_bt601"
                 if self.color == "y" else "rgb", "eval.crop": "scale",
                 "eval.lr_source": f"matlab_{self.kernel}_on_the_fly_{lr}",
                 "eval.ssim": self.ssim_impl}
-
-
-def quantize(img: torch.Tensor) -> torch.Tensor:
-    """Round and clamp to uint8 values, kept as float64 (as saving a PNG would)."""
-    return img.to(torch.float64).round().clamp(0, 255)
-
-
-# MATLAB rgb2ycbcr: [Y, Cb, Cr] = offset + M @ rgb / 255 (BT.601 studio range).
-YCBCR = torch.stack([LUMA, torch.tensor([-37.797, -74.203, 112.0], dtype=torch.float64),
-                     torch.tensor([112.0, -93.786, -18.214], dtype=torch.float64)])
-YCBCR_OFFSET = torch.tensor([16.0, 128.0, 128.0], dtype=torch.float64).view(3, 1, 1)
 
 
 def colorize_y(y: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
@@ -80,24 +77,24 @@ def reference(hr: torch.Tensor, p: Protocol) -> torch.Tensor:
     if p.color == "rgb" or hr.shape[0] == 1:
         return hr.to(torch.float64)
     y = rgb_to_y(hr)
-    return y.round() if p.name == "classic" else y
+    return to_uint8(y) if p.name == "classic" else y
 
 
 def model_input(hr: torch.Tensor, scale: float, p: Protocol, channels: int) -> torch.Tensor:
     """The LR image (channels, h, w) in [0, 255] float64 that the model gets for ``hr``."""
     src = hr.to(torch.float64)
     if channels == 1 and hr.shape[0] == 3:
-        src = rgb_to_y(hr).round()  # Y models: MATLAB rgb2ycbcr on uint8
+        src = to_uint8(rgb_to_y(hr))  # Y models: MATLAB rgb2ycbcr on uint8
     elif channels == 3 and hr.shape[0] == 1:
         src = src.expand(3, -1, -1)
-    return downscale(src, scale, p.kernel, quantize=p.name == "modern")
+    return downscale(src, scale, p.kernel, quantize=p.uint8_lr)
 
 
 def to_metric(out: torch.Tensor, hr: torch.Tensor, p: Protocol) -> torch.Tensor:
     """Model/bicubic output (C, H, W) in [0, 255] -> the protocol's metric space."""
-    out = quantize(out)
+    out = to_uint8(out)
     if hr.shape[0] == 1 and out.shape[0] == 3:
-        out = to_gray(out).round()
+        out = to_uint8(to_gray(out))
     if p.color == "y":
         return rgb_to_y(out)
     return out
@@ -112,19 +109,21 @@ def score(out: torch.Tensor, ref: torch.Tensor, scale: float) -> tuple[float, fl
 
 @torch.no_grad()
 def super_resolve(model: torch.nn.Module, lq: torch.Tensor, scale: float,
-                  tile: int = 0) -> torch.Tensor:
+                  tile: int = 0, quantize: bool = True) -> torch.Tensor:
     """Run ``model`` on one whole LR image (C, h, w) in [0, 255]; returns (C, H, W) in [0, 255].
 
-    Pre-upsampling models (``model.upsampled_input``) get the MATLAB-bicubic enlarged image.
-    ``tile`` > 0 runs tiles of that many input pixels (same pixels as whole-image inference).
+    Pre-upsampling models (``model.upsampled_input``) get the MATLAB-bicubic enlarged image,
+    rounded to uint8 when ``quantize`` (a uint8 LR), as their training pairs are
+    (``upsampled_input``). ``tile`` > 0 runs tiles of that many input pixels (same pixels as
+    whole-image inference).
     """
     device = next(model.parameters()).device
     x = lq.to(torch.float64)
     if getattr(model, "upsampled_input", False):
-        x = bicubic_up(x, scale).clamp(0, 255)
+        x = upsampled_input(x, scale, quantize)
     x = (x / 255).float().unsqueeze(0).to(device)
     if tile:
-        from sr_ablate.tiling import tiled_forward
+        from sr_ablate.core.tiling import tiled_forward
         out = tiled_forward(model, x, tile)[0]
     else:
         out = model(x)[0]
@@ -172,17 +171,24 @@ class Evaluator:
         t0 = time.perf_counter()
         was_training = model.training
         model.eval()
-        channels = model_channels(model)
+        try:  # back in its mode however evaluation ends (e.g. out of memory on a large image)
+            rows, outs = self._run(model)
+        finally:
+            model.train(was_training)
+        self.per_image, self.last_outputs = rows, outs
+        return {**self.summary(rows), f"{self.prefix}/seconds": time.perf_counter() - t0}
+
+    def _run(self, model: torch.nn.Module) -> tuple[list[dict], list[torch.Tensor]]:
+        """Per-image rows and SR outputs of ``model`` (already in eval mode)."""
         rows, outs = [], []
-        for (name, hr), (lq, ref, bp, bs) in zip(self.images, self.inputs(channels)):
-            out = super_resolve(model, lq, self.scale, self.tile)
+        inputs = self.inputs(model_channels(model))
+        for (name, hr), (lq, ref, bp, bs) in zip(self.images, inputs):
+            out = super_resolve(model, lq, self.scale, self.tile, self.protocol.uint8_lr)
             p, s = score(to_metric(out, hr, self.protocol), ref, self.scale)
             rows.append({"image": name, "psnr": p, "ssim": s, "bicubic_psnr": bp,
                          "bicubic_ssim": bs})
             outs.append(out)
-        model.train(was_training)
-        self.per_image, self.last_outputs = rows, outs
-        return {**self.summary(rows), f"{self.prefix}/seconds": time.perf_counter() - t0}
+        return rows, outs
 
     def summary(self, rows: list[dict],
                 keys=("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")) -> dict[str, float]:
@@ -214,7 +220,7 @@ def files_sha256(paths: list[Path]) -> str:
     """One SHA-256 over the names and bytes of ``paths`` (sorted): identifies an evaluation set."""
     h = hashlib.sha256()
     for p in sorted(paths, key=lambda p: p.name):
-        h.update(p.name.encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+        h.update(p.name.encode() + b"\0" + bytes.fromhex(sha256_file(p)))
     return h.hexdigest()
 
 
@@ -225,10 +231,3 @@ def fingerprint(protocol: Protocol, set_hashes: dict[str, str]) -> dict[str, str
     tags["eval.fingerprint"] = hashlib.sha256(
         json.dumps(tags, sort_keys=True).encode()).hexdigest()[:16]
     return tags
-
-
-if __name__ == "__main__":  # python -m sr_ablate.evaluate: the command lives in evaluate_cli
-    import sys
-
-    from sr_ablate.evaluate_cli import main
-    sys.exit(main())

@@ -9,6 +9,14 @@ import math
 import torch
 import torch.nn.functional as F
 
+# ITU-R BT.601 as MATLAB rgb2ycbcr (studio range): [Y, Cb, Cr] = offset + YCBCR @ rgb / 255,
+# rgb in [0, 255]. The one copy of these coefficients (evaluation imports them).
+LUMA = torch.tensor([65.481, 128.553, 24.966], dtype=torch.float64)
+YCBCR = torch.stack([LUMA, torch.tensor([-37.797, -74.203, 112.0], dtype=torch.float64),
+                     torch.tensor([112.0, -93.786, -18.214], dtype=torch.float64)])
+Y_OFFSET = 16.0
+YCBCR_OFFSET = torch.tensor([Y_OFFSET, 128.0, 128.0], dtype=torch.float64).view(3, 1, 1)
+
 
 def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
     """BT.601 luma as MATLAB ``rgb2ycbcr``: (3, H, W) in [0, 255] -> (1, H, W) in [16, 235].
@@ -19,8 +27,8 @@ def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
     if img.shape[-3] == 1:
         return img.to(torch.float64)
     rgb = img.to(torch.float64) / 255.0
-    coef = torch.tensor([65.481, 128.553, 24.966], dtype=torch.float64, device=img.device)
-    return 16.0 + (rgb * coef.view(3, 1, 1)).sum(dim=-3, keepdim=True)
+    coef = LUMA.to(img.device).view(3, 1, 1)
+    return Y_OFFSET + (rgb * coef).sum(dim=-3, keepdim=True)
 
 
 def shave(img: torch.Tensor, border: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Download the standard SR sets: ``python -m sr_ablate.download set5 div2k_valid [--root DIR]``.
+"""Download the standard SR sets (``sr-ablate download set5 div2k_valid [--root DIR]``).
 
 Each archive is streamed to a temporary file, checked against a sha256 (the registry's,
 ``--sha256``, or the one recorded on first download), moved to ``<root>/<name>.<format>``,
@@ -8,9 +8,7 @@ entry's URL (a mirror, or a local server in tests).
 """
 from __future__ import annotations
 
-import argparse
 import fnmatch
-import hashlib
 import http.client
 import os
 import posixpath
@@ -28,6 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sr_ablate import UserError, __version__
+from sr_ablate.core.digest import sha256_file
 
 _HF = "https://huggingface.co/datasets/eugenesiow/{0}/resolve/main/data/{0}_HR.tar.gz"
 _DIV2K = "https://data.vision.ee.ethz.ch/cvl/DIV2K/{}.zip"
@@ -57,13 +56,13 @@ def data_root(root: str | Path | None = None) -> Path:
 
 
 def url_of(name: str) -> str:
-    return os.environ.get(f"SR_ABLATE_URL_{name.upper()}") or _entry(name)["url"]
+    return os.environ.get(f"SR_ABLATE_URL_{name.upper()}") or registry_entry(name)["url"]
 
 
-def _entry(name: str) -> dict:
+def registry_entry(name: str) -> dict:
     if name not in REGISTRY:
         raise UserError(f"unknown dataset '{name}'; choose from: {', '.join(REGISTRY)} "
-                        "(python -m sr_ablate.download --list)")
+                        "(python -m sr_ablate download --list)")
     return REGISTRY[name]
 
 
@@ -82,7 +81,7 @@ def fetch(name: str, root: Path | None = None, force: bool = False, *,
     Skips the download when ``<root>/<target>/`` already holds images, unless ``force``.
     ``sha256``: the expected archive checksum (overrides the registry and the recorded one).
     """
-    entry = _entry(name)
+    entry = registry_entry(name)
     root = Path(root).expanduser() if root is not None else data_root()
     dest = root / entry["target"]
     have = _images_in(dest, entry["hr"])
@@ -131,7 +130,7 @@ def _expected(entry: dict, sha256: str | None, record: Path) -> tuple[str | None
 def _download(url: str, root: Path, name: str) -> tuple[Path, str]:
     """Stream ``url`` into a temporary file in ``root``; returns (path, sha256 hex)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=root)
-    tmp, h = Path(tmp), hashlib.sha256()
+    tmp = Path(tmp)
     fix = f"check the network, or set SR_ABLATE_URL_{name.upper()} to a working mirror"
     req = urllib.request.Request(url, headers={"User-Agent": f"sr_ablate/{__version__}"})
     try:
@@ -142,12 +141,12 @@ def _download(url: str, root: Path, name: str) -> tuple[Path, str]:
                       leave=False, file=sys.stderr) as bar:
                 while chunk := r.read(CHUNK):
                     f.write(chunk)
-                    h.update(chunk)
                     bar.update(len(chunk))
                 done = bar.n
         if total is not None and done != total:
             raise UserError(f"cannot download {name} from {url} (got {done} of {total} "
                             f"bytes); {fix}")
+        return tmp, sha256_file(tmp)  # the bytes on disk, as any later check reads them
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
         tmp.unlink(missing_ok=True)
         why = (f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError)
@@ -156,7 +155,6 @@ def _download(url: str, root: Path, name: str) -> tuple[Path, str]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return tmp, h.hexdigest()
 
 
 def _unsafe(archive: Path, member: str, why: str) -> UserError:
@@ -235,39 +233,3 @@ def _extract(archive: Path, entry: dict, dest: Path, name: str) -> int:
         return n
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sr_ablate.download",
-                                 description="Download standard SR sets (HR images only).")
-    ap.add_argument("names", nargs="*", metavar="name", help=", ".join(REGISTRY))
-    ap.add_argument("--root", type=Path,
-                    help="default: $SR_ABLATE_DATA or ~/.cache/sr_ablate/datasets")
-    ap.add_argument("--force", action="store_true", help="download and extract again")
-    ap.add_argument("--sha256", metavar="HEX", help="expected sha256 of the archive (one name)")
-    ap.add_argument("--list", action="store_true", help="list the known datasets")
-    args = ap.parse_args(argv)
-    try:
-        if args.list:
-            for name, e in REGISTRY.items():
-                print(f"{name:12} {e['target']:15} {e['format']:7} "
-                      f"{'sha256' if e['sha256'] else 'tofu':6} {url_of(name)}")
-            return 0
-        if not args.names:
-            raise UserError("name a dataset to download, e.g. python -m sr_ablate.download set5 "
-                            "(--list shows them all)")
-        if args.sha256 and len(args.names) > 1:
-            raise UserError("--sha256 applies to one archive; download one name at a time with it")
-        for name in args.names:
-            _entry(name)
-        for name in args.names:
-            dest = fetch(name, args.root, args.force, sha256=args.sha256)
-            print(f"use it: python -m sr_ablate data=folder data.root={dest}")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

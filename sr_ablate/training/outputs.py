@@ -12,9 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from sr_ablate.core import complexity
-from sr_ablate.core.degrade import bicubic_up, crop_multiple
-from sr_ablate.core.evaluate import (Evaluator, colorize_y, model_channels, model_input,
-                                     quantize)
+from sr_ablate.core.degrade import bicubic_up, crop_multiple, to_uint8
+from sr_ablate.core.evaluate import Evaluator, colorize_y, model_channels, model_input
 from sr_ablate.training import checkpoint
 
 
@@ -28,15 +27,15 @@ def comparison_image(ev: Evaluator, crop: int = 96) -> torch.Tensor:
     gt = hr.to(torch.float64).expand(c_model, -1, -1) if hr.shape[0] == 1 else hr.to(torch.float64)
     if c_model == 1 and hr.shape[0] == 3:
         # the RGB LR an RGB model would get under this protocol: its bicubic lends the chroma
-        bic = quantize(bicubic_up(model_input(hr, ev.scale, ev.protocol, 3), ev.scale))
+        bic = to_uint8(bicubic_up(model_input(hr, ev.scale, ev.protocol, 3), ev.scale))
         sr = colorize_y(sr, bic)
     else:
         lq = ev.inputs(c_model)[0][0]  # the LR the model saw, computed once by the evaluator
-        bic = quantize(bicubic_up(lq, ev.scale))
+        bic = to_uint8(bicubic_up(lq, ev.scale))
     h, w = gt.shape[-2:]
     c = min(crop, h, w)
     y, x = (h - c) // 2, (w - c) // 2
-    tiles = [quantize(t[:, y:y + c, x:x + c]).to(torch.uint8) for t in (bic, sr, gt)]
+    tiles = [to_uint8(t[:, y:y + c, x:x + c]).to(torch.uint8) for t in (bic, sr, gt)]
     return torch.cat(tiles, dim=-1)
 
 
