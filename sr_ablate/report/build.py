@@ -114,23 +114,9 @@ def write(runs: pd.DataFrame, out_dir: Path, name: str, baseline: dict | None = 
                      "FINISHED run counts.")
     sections, first = [], None
     for i, (title, group) in enumerate(groups):
-        table = results_table(group, baseline, per_image, rises)
-        suffix = "" if i == 0 else f"-{i + 1}"
-        table.to_csv(out_dir / f"results{suffix}.csv", index=False)
-        shown = display(table)
-        (out_dir / f"results{suffix}.tex").write_text(to_latex(shown))
-        sets = eval_sets(group[group["status"] == "FINISHED"].dropna(axis=1, how="all"))
-        keys = factors(group)
-        lines = verdicts.lines(table, sets, lambda r, keys=keys: variant_label(r, keys), ALPHA)
-        text = (f"{int(table['n'].sum())} finished runs in {len(table)} variants. Protocol: "
-                f"{protocol_line(group)}; PSNR/SSIM: mean ± 95% CI over seeds of each set's "
-                f"per-image mean. {_stats_note(table, baseline, sets, len(lines))} wall_s: "
-                "seconds from a run's start to its end on the machine that ran it, "
-                "comparable only between runs on one otherwise idle machine "
-                "(python -m sr_ablate bench measures speed).")
-        images = figures(group, table, out_dir, suffix) if figures is not None else []
-        sections.append({"title": f"{title} (results{suffix}.csv)", "text": text,
-                         "table": shown, "images": images, "lines": lines})
+        table, section = _section(title, group, "" if i == 0 else f"-{i + 1}", out_dir,
+                                  baseline, per_image, rises, figures)
+        sections.append(section)
         first = table if first is None else first
     missing = [e for e in expected or [] if _matching(kept, e).empty]
     if missing:
@@ -143,16 +129,42 @@ def write(runs: pd.DataFrame, out_dir: Path, name: str, baseline: dict | None = 
         sections.append({"title": "No finished runs", "text": "", "table": None, "images": [],
                          "lines": []})
     intro_text = " ".join(intro)
-    md = [f"# {name}\n", intro_text + "\n"] if intro_text else [f"# {name}\n"]
+    (out_dir / "results.md").write_text(_markdown(name, intro_text, sections))
+    (out_dir / "index.html").write_text(html.page(name, intro_text, sections, out_dir))
+    return first
+
+
+def _section(title: str, group: pd.DataFrame, suffix: str, out_dir: Path, baseline, per_image,
+             rises, figures) -> tuple[pd.DataFrame, dict]:
+    """One table: its rows written to results{suffix}.csv/.tex, and the section the documents
+    show (title, explanation, displayed table, plots, verdict lines)."""
+    table = results_table(group, baseline, per_image, rises)
+    table.to_csv(out_dir / f"results{suffix}.csv", index=False)
+    shown = display(table)
+    (out_dir / f"results{suffix}.tex").write_text(to_latex(shown))
+    sets = eval_sets(group[group["status"] == "FINISHED"].dropna(axis=1, how="all"))
+    keys = factors(group)
+    lines = verdicts.lines(table, sets, lambda r, keys=keys: variant_label(r, keys), ALPHA)
+    text = (f"{int(table['n'].sum())} finished runs in {len(table)} variants. Protocol: "
+            f"{protocol_line(group)}; PSNR/SSIM: mean ± 95% CI over seeds of each set's "
+            f"per-image mean. {_stats_note(table, baseline, sets, len(lines))} wall_s: "
+            "seconds from a run's start to its end on the machine that ran it, "
+            "comparable only between runs on one otherwise idle machine "
+            "(python -m sr_ablate bench measures speed).")
+    images = figures(group, table, out_dir, suffix) if figures is not None else []
+    return table, {"title": f"{title} (results{suffix}.csv)", "text": text, "table": shown,
+                   "images": images, "lines": lines}
+
+
+def _markdown(name: str, intro: str, sections: list[dict]) -> str:
+    md = [f"# {name}\n", intro + "\n"] if intro else [f"# {name}\n"]
     for sec in sections:
         md.append(f"## {sec['title']}\n\n{sec['text']}\n")
         if sec["table"] is not None:
             md.append(to_markdown(sec["table"]))
         md += [f"- {line}" for line in sec["lines"]] + ([""] if sec["lines"] else [])
         md += [f"![{Path(p).stem}]({p})\n" for p in sec["images"]]
-    (out_dir / "results.md").write_text("\n".join(md))
-    (out_dir / "index.html").write_text(html.page(name, intro_text, sections, out_dir))
-    return first
+    return "\n".join(md)
 
 
 def _stats_note(table: pd.DataFrame, baseline: dict | None, sets: list[str], tests: int) -> str:
