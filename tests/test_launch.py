@@ -8,13 +8,13 @@ import sys
 import textwrap
 
 import pytest
+from conftest import REPO, TINY, cli
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, TINY, cli
+from sr_ablate.config.hashing import config_hash
+from sr_ablate.sweeps import resources
 
 SWEEP = ["-m", "model.blocks=1,2", *[a for a in TINY if not a.startswith("model.blocks")]]
-from sr_ablate import launch
-from sr_ablate.config import config_hash
 
 
 @pytest.mark.parametrize("jobs, requested, cores, gpus, expected", [
@@ -26,19 +26,19 @@ from sr_ablate.config import config_hash
     (6, -2, 4, 0, (3, 1)),       # -2 = all cores but one
 ])
 def test_plan_shares_the_machine(jobs, requested, cores, gpus, expected):
-    assert launch.plan(jobs, requested, cores, gpus) == expected
+    assert resources.plan(jobs, requested, cores, gpus) == expected
 
 
 def test_sweep_size_counts_the_jobs():
-    assert launch.sweep_size(["model.blocks=8,12", "seed=0,1,2", "trainer=smoke"]) == 6
-    assert launch.sweep_size(["hydra/launcher=joblib", "loss=l1,l2",
-                              "hydra.launcher.n_jobs=2"]) == 2
-    assert launch.sweep_size(["trainer=smoke"]) == 1
+    assert resources.sweep_size(["model.blocks=8,12", "seed=0,1,2", "trainer=smoke"]) == 6
+    assert resources.sweep_size(["hydra/launcher=joblib", "loss=l1,l2",
+                                 "hydra.launcher.n_jobs=2"]) == 2
+    assert resources.sweep_size(["trainer=smoke"]) == 1
 
 
 CLAIM = textwrap.dedent("""
     import json, sys, time
-    from sr_ablate.launch import claim_device
+    from sr_ablate.sweeps.resources import claim_device
     with claim_device(sys.argv[1], 2, start=0, poll=0.05) as i:
         t0 = time.time()
         time.sleep(0.8)
@@ -70,8 +70,8 @@ def test_config_hash_is_what_is_computed(compose):
 
 
 def test_summary_line_says_what_was_skipped():
-    line = launch.summary([{"outcome": "ran"}, {"outcome": "skipped"},
-                           {"outcome": "failed"}])
+    line = resources.summary([{"outcome": "ran"}, {"outcome": "skipped"},
+                              {"outcome": "failed"}])
     assert line.startswith("sr_ablate: 3 job(s): 1 ran, 1 skipped")
     assert "sweep.force=true" in line and "1 failed" in line
 
@@ -116,7 +116,7 @@ def test_grid_rerun_skips_finished_reruns_failed_and_force_runs_all(tmp_path):
 def test_joblib_runs_two_jobs_in_parallel_on_a_fresh_store(tmp_path):
     out = cli([*SWEEP, "hydra/launcher=joblib"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    parallel, threads = launch.plan(2, None, launch.cores())
+    parallel, threads = resources.plan(2, None, resources.cores())
     assert f"{parallel} job(s) at a time, {threads} thread(s) each" in out.stderr
     assert "2 ran" in out.stderr
     _, runs, parents = _children(tmp_path)
@@ -126,6 +126,8 @@ def test_joblib_runs_two_jobs_in_parallel_on_a_fresh_store(tmp_path):
         assert r.info.status == "FINISHED"
         assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert r.data.tags["torch.threads"] == str(threads)  # what the job really used
+    a, b = (r.info for r in runs)  # in parallel: each run started before the other ended
+    assert parallel == 2 and a.start_time < b.end_time and b.start_time < a.end_time
     assert not (tmp_path / ".sr_ablate").exists()  # the outcome files are cleaned up
 
 

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from sr_ablate import UserError
-from sr_ablate.config import check
-from sr_ablate.losses import VGG19Features, VGGLoss, WeightedSum
+from sr_ablate.config.validation import check
+from sr_ablate.training.losses import VGG19Features, VGGLoss, WeightedSum
 
 FILE = "vgg19-dcbb9e9d.pth"
 # torchvision vgg19().features conv indices and (out, in) channels, written out by hand
@@ -31,6 +31,27 @@ def fake_vgg19_state() -> dict[str, torch.Tensor]:
     state["classifier.0.weight"] = torch.zeros(8, 8)  # ignored by the loss
     state["classifier.0.bias"] = torch.zeros(8)
     return state
+
+
+def reference_vgg54(sr: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """VGG54 written out from its definition, on the fake weights: ImageNet-normalise, run
+    torchvision's VGG19 layers 0..34 (conv5_4, before its ReLU), MSE of the two feature maps."""
+    state = fake_vgg19_state()
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    def features(x):
+        x = (x - mean) / std
+        for i in range(35):
+            if i in CONVS:
+                x = F.conv2d(x, state[f"features.{i}.weight"], state[f"features.{i}.bias"],
+                             padding=1)
+            elif i in (4, 9, 18, 27):
+                x = F.max_pool2d(x, 2)
+            else:
+                x = F.relu(x)
+        return x
+    return F.mse_loss(features(sr), features(gt))
 
 
 @pytest.fixture(autouse=True)
@@ -97,6 +118,7 @@ def test_zero_for_identical_positive_otherwise(hub_file, images):
     assert loss(gt, gt).item() == 0
     value = loss(sr, gt)
     assert value.ndim == 0 and value.item() > 0
+    torch.testing.assert_close(value, reference_vgg54(sr, gt))
     assert torch.allclose(VGGLoss(weight=2.0)(sr, gt), 2 * value)
 
 
@@ -133,7 +155,7 @@ def test_weights_path(offline, vgg_file, images):
     assert not offline.exists()  # hub empty: only the given path can work
     loss = VGGLoss(weights=str(vgg_file))
     assert loss.tags["loss.vgg_weights"] == str(vgg_file)
-    assert loss(*images).item() > 0
+    torch.testing.assert_close(loss(*images), reference_vgg54(*images))  # those weights
     with pytest.raises(UserError, match="no such file"):
         VGGLoss(weights=str(vgg_file.parent / "nope.pth"))
 
@@ -197,4 +219,6 @@ def test_config_instantiates(hub_file, compose, option, images):
     loss = instantiate(cfg.loss)
     assert isinstance(loss, VGGLoss if option == "vgg54" else WeightedSum)
     assert loss.tags["loss.vgg_weights"] == str(hub_file)
-    assert loss(*images).item() > 0
+    vgg = reference_vgg54(*images)  # conf/loss: vgg54 alone; l2_vgg54 = MSE + 0.006 x VGG54
+    want = vgg if option == "vgg54" else F.mse_loss(*images) + 0.006 * vgg
+    torch.testing.assert_close(loss(*images), want)

@@ -7,13 +7,13 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import MODEL_CONFIGS
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
-from conftest import MODEL_CONFIGS
-from sr_ablate.complexity import count_params, model_input_shape
+from sr_ablate.core.complexity import count_params, model_input_shape
+from sr_ablate.core.tiling import receptive_radius, tiled_forward
 from sr_ablate.models import EDSR, ESPCN, SRCNN, SRCNNRNN, VDSR
-from sr_ablate.tiling import receptive_radius, tiled_forward
 
 
 def conv(cin: int, cout: int, k: int, bias: bool = True) -> int:
@@ -189,13 +189,15 @@ def test_edsr_mean_shift_and_res_scale():
         mean = torch.tensor([0.4488, 0.4371, 0.4040]).view(1, 3, 1, 1).expand(1, 3, 12, 10)
         torch.testing.assert_close(model(x), mean)  # the mean is added back at the output
         assert torch.equal(EDSR(in_channels=1).mean, torch.zeros(1, 1, 1, 1))
-        # res_scale=0 leaves only the skips: the same as zeroing every block's branch.
-        a, b = EDSR(channels=8, blocks=2, res_scale=0.0), EDSR(channels=8, blocks=2)
+        # res_scale=0.5 halves each block's branch: the same as halving each block's last conv
+        a, b = EDSR(channels=8, blocks=2, res_scale=0.5), EDSR(channels=8, blocks=2)
         b.load_state_dict(a.state_dict())
+        unscaled = b(x)
         for block in b.body[:-1]:
-            block.body[-1].weight.zero_()
-            block.body[-1].bias.zero_()
+            block.body[-1].weight.mul_(0.5)
+            block.body[-1].bias.mul_(0.5)
         torch.testing.assert_close(a(x), b(x))
+        assert (a(x) - unscaled).abs().max() > 1e-4  # and it does change the output
 
 
 def test_edsr_rejects_other_scales():

@@ -9,20 +9,20 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY, cli
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import TINY, cli
 from sr_ablate import tracking
-from sr_ablate.report import factors, results_table
-from sr_ablate.run import run
+from sr_ablate.report.build import factors, results_table
+from sr_ablate.training.job import run_job
 
 
 def test_seeds_are_pooled_as_repeats(store, compose, tmp_path):
     tiny = [a for a in TINY if not a.startswith("model.blocks")] + ["tracking.checkpoint=false"]
     for blocks in (1, 2):
         for seed in (0, 1):
-            run(compose([*tiny, f"model.blocks={blocks}", f"seed={seed}"]), cwd=str(tmp_path))
+            run_job(compose([*tiny, f"model.blocks={blocks}", f"seed={seed}"]), cwd=str(tmp_path))
     runs = tracking.runs_frame(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert factors(runs[runs["status"] == "FINISHED"]) == ["model.blocks"]
     table = results_table(runs)
@@ -48,12 +48,13 @@ variants:
 
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory):
-    """Four real runs (2 variants x 2 seeds) from a sweep file, then `python -m sr_ablate.report`."""
+    """Four real runs (2 variants x 2 seeds) from a sweep file, then
+    `python -m sr_ablate report`."""
     cwd = tmp_path_factory.mktemp("report")
     (cwd / "rep.yaml").write_text(SWEEP)
     out = cli([f"sweep={cwd / 'rep.yaml'}"], cwd)
     assert out.returncode == 0, out.stderr[-3000:]
-    out = cli(["rep"], cwd, module="sr_ablate.report")
+    out = cli(["rep"], cwd, command="report")
     assert out.returncode == 0, out.stderr[-3000:]
     return cwd, cwd / "reports" / "rep"
 
@@ -122,7 +123,7 @@ def test_table_numbers_equal_the_mlflow_metrics(reported):
 
 def test_make_report_skips_experiments_without_new_runs(reported):
     cwd, _ = reported
-    out = cli([], cwd, module="sr_ablate.report")
+    out = cli([], cwd, command="report")
     assert out.returncode == 0 and "reports/rep: up to date" in out.stdout
 
 
@@ -152,9 +153,9 @@ def test_report_of_one_sweep_by_its_id(reported):
     cwd, _ = reported
     runs = tracking.runs_frame(f"sqlite:///{cwd / 'mlflow.db'}")
     (sweep_id,) = runs["tag:sr_ablate.sweep_id"].unique()
-    out = cli([sweep_id, "--out", str(cwd / "by_id")], cwd, module="sr_ablate.report")
+    out = cli([sweep_id, "--out", str(cwd / "by_id")], cwd, command="report")
     assert out.returncode == 0, out.stderr[-2000:]
     table = pd.read_csv(cwd / "by_id" / sweep_id / "results.csv")
     assert list(table["n"]) == [2, 2]
-    bad = cli(["no_such_thing"], cwd, module="sr_ablate.report")
+    bad = cli(["no_such_thing"], cwd, command="report")
     assert bad.returncode == 2 and "neither an experiment nor a sweep id" in bad.stderr

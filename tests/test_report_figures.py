@@ -5,6 +5,8 @@ where seeds were pooled, crop titles that do not run into each other; and a Y-ch
 model's comparison crops in colour."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -13,8 +15,9 @@ from matplotlib.container import ErrorbarContainer
 from matplotlib.legend import Legend
 from PIL import Image
 
-from sr_ablate import report_html, tracking
-from sr_ablate.report import results_table
+from sr_ablate import tracking
+from sr_ablate.report import html
+from sr_ablate.report.build import results_table
 
 # (model, blocks, seed): two SRResNet depths x two seeds, two VDSR (Y channel) depths.
 RUNS = [("srresnet", 1, 0), ("srresnet", 1, 1), ("srresnet", 2, 0), ("srresnet", 2, 1),
@@ -26,8 +29,8 @@ ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "SR_ABLATE_PARENT_RUN_ID", "SR_AB
 def smoke_store(tmp_path_factory):
     """The six runs of RUNS, launched as the CLI does (config group choices recorded);
     (uri, runs frame)."""
-    from sr_ablate.preflight import compose_job
-    from sr_ablate.run import run
+    from sr_ablate.config.validation import compose_job
+    from sr_ablate.training.job import run_job
 
     cwd = tmp_path_factory.mktemp("figures")
     base = [a for a in TINY if not a.startswith("model.blocks")] + ["tracking.checkpoint=false"]
@@ -37,7 +40,7 @@ def smoke_store(tmp_path_factory):
         for model, blocks, seed in RUNS:
             typed = [f"model={model}", f"model.blocks={blocks}", f"seed={seed}"]
             cfg, choices = compose_job(typed + base)
-            run(cfg, cwd=str(cwd), overrides=typed, choices=choices)
+            run_job(cfg, cwd=str(cwd), overrides=typed, choices=choices)
     uri = f"sqlite:///{cwd / 'mlflow.db'}"
     return uri, tracking.runs_frame(uri)
 
@@ -52,7 +55,7 @@ def subset(runs, keep):
 def draw(smoke_store, keep):
     uri, runs = smoke_store
     group, table = subset(runs, keep)
-    return report_html.draw(uri, group, table), table
+    return html.draw(uri, group, table), table
 
 
 def overlap(a, b, tol=0.5) -> bool:
@@ -166,7 +169,7 @@ def test_crop_titles_do_not_run_into_each_other(smoke_store):
     tiles = [("HR", np.zeros((8, 8), np.uint8)), ("bicubic", np.zeros((8, 8), np.uint8))]
     tiles += [(" ".join([f"model.blocks={i}"] * 12), np.zeros((8, 8), np.uint8))
               for i in range(3)]
-    fig = report_html.crop_grid(tiles)
+    fig = html.crop_grid(tiles)
     boxes = title_boxes(fig)
     assert [ax.get_title() for ax in fig.axes] == ["HR", "bicubic", "A", "B", "C"]
     assert not any(overlap(a, b) for i, (a, _) in enumerate(boxes) for b, _ in boxes[i + 1:])
@@ -189,12 +192,13 @@ def test_y_model_comparison_is_in_colour(smoke_store, tmp_path):
 def test_comparison_tiles_of_a_y_model():
     """SR tile = the model's Y with the bicubic's chroma; bicubic tile = MATLAB bicubic of the
     RGB LR; HR tile = the HR crop; each recomputed here from the library's own pieces."""
+    from sr_ablate.core.degrade import bicubic_up, downscale
+    from sr_ablate.core.degrade import to_uint8 as quantize
+    from sr_ablate.core.evaluate import YCBCR, Evaluator, colorize_y
+    from sr_ablate.core.metrics import rgb_to_y
     from sr_ablate.data import BUILTIN_VAL, builtin_dir, load_eval_images
-    from sr_ablate.degrade import bicubic_up, downscale
-    from sr_ablate.evaluate import YCBCR, Evaluator, colorize_y, quantize
-    from sr_ablate.metrics import rgb_to_y
     from sr_ablate.models import VDSR
-    from sr_ablate.run import comparison_image
+    from sr_ablate.training.outputs import comparison_image
 
     model = VDSR(in_channels=1, channels=8, blocks=1)
     with torch.no_grad():  # output = bicubic Y + 5.1 levels: the SR Y differs from bicubic's
@@ -228,8 +232,12 @@ def test_comparison_tiles_of_a_y_model():
 def test_figures_saves_what_it_draws(smoke_store, tmp_path):
     uri, runs = smoke_store
     group, table = subset(runs, RUNS)
-    paths = report_html.figures(uri, group, table, tmp_path, "-fp")
-    assert sorted(paths) == sorted(f"plots/{k}-fp.png" for k in report_html.draw(uri, group,
-                                                                                  table))
-    for p in paths:
-        assert Image.open(tmp_path / p).size[0] > 100
+    paths = html.figures(uri, group, table, tmp_path, "-fp")
+    drawn = html.draw(uri, group, table)
+    assert sorted(paths) == sorted(f"plots/{k}-fp.png" for k in drawn)
+    for stem, fig in drawn.items():  # each file holds that figure's pixels, legends included
+        buf = io.BytesIO()
+        fig.savefig(buf, dpi=html.DPI, bbox_inches="tight")
+        want = np.asarray(Image.open(buf))
+        got = np.asarray(Image.open(tmp_path / f"plots/{stem}-fp.png"))
+        assert got.shape == want.shape and np.array_equal(got, want), stem

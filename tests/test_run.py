@@ -1,4 +1,4 @@
-"""A smoke run through run(cfg) into a real sqlite MLflow store holds what the issue lists."""
+"""A smoke run through run_job(cfg) into a real sqlite MLflow store holds what the issue lists."""
 from __future__ import annotations
 
 import csv
@@ -6,15 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from sr_ablate import tracking
 from sr_ablate.data import BUILTIN_TRAIN, BUILTIN_VAL, builtin_dir
-from sr_ablate.run import run
-from sr_ablate.train import fit
-
-from conftest import TINY
+from sr_ablate.training.job import run_job
+from sr_ablate.training.loop import fit
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +22,10 @@ def smoke_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("store")
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "SR_ABLATE_PARENT_RUN_ID"):
         os.environ.pop(var, None)
-    from sr_ablate.preflight import compose
+    from sr_ablate.config.validation import compose
     overrides = TINY + ["seed=3"]
     cfg = compose(overrides)
-    result = run(cfg, cwd=str(tmp), overrides=overrides, choices={"model": "srresnet"})
+    result = run_job(cfg, cwd=str(tmp), overrides=overrides, choices={"model": "srresnet"})
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("sr_ablate")
@@ -51,7 +50,18 @@ def test_metrics_with_steps(smoke_run):
         assert hist[-1][1] == pytest.approx(result[key])
     m = r.data.metrics
     assert 0 < m["val/ssim"] <= 1 and 20 < m["val/bicubic_psnr"] < 60
-    assert m["model/params"] == result["model/params"] > 0
+    assert m["model/params"] == result["model/params"] == srresnet_tiny_params(3) == 4603
+
+
+def srresnet_tiny_params(c_in: int) -> int:
+    """TINY's SRResNet (8 channels, 1 block, BN, 3x3 head and tail, x2) counted by hand."""
+    def conv(a, b, k=3):
+        return a * b * k * k + b
+    head = conv(c_in, 8) + 8                     # conv + PReLU slopes
+    block = 2 * conv(8, 8) + 8 + 2 * 2 * 8       # two convs, PReLU, two BN (scale, shift)
+    body_tail = conv(8, 8) + 2 * 8               # conv + BN
+    up = conv(8, 8 * 4) + 8                      # x2 sub-pixel conv + PReLU
+    return head + block + body_tail + up + conv(8, c_in)
 
 
 def test_artifacts(smoke_run):
@@ -106,9 +116,10 @@ def test_fit_takes_plain_callables():
 
 
 def test_fit_stops_on_non_finite_loss():
-    from sr_ablate.train import NonFiniteLoss
+    from sr_ablate.training.loop import NonFiniteLoss
     model = torch.nn.Conv2d(1, 1, 3, padding=1)
-    data = iter(lambda: {"lq": torch.full((1, 1, 4, 4), float("nan")), "gt": torch.zeros(1, 1, 4, 4)}, None)
+    data = iter(lambda: {"lq": torch.full((1, 1, 4, 4), float("nan")),
+                         "gt": torch.zeros(1, 1, 4, 4)}, None)
     with pytest.raises(NonFiniteLoss, match="step 1"):
         fit(model, data, torch.optim.SGD(model.parameters(), lr=0.1), steps=3,
             loss_fn=torch.nn.MSELoss(), log_every=1, progress=False)
@@ -117,20 +128,35 @@ def test_fit_stops_on_non_finite_loss():
 def test_seeded_runs_repeat_and_y_channel_training(store, compose, tmp_path):
     """Same seed -> same losses; data.color=y trains a 1-channel model."""
     overrides = TINY + ["data.color=y", "model.in_channels=1", "tracking.checkpoint=false"]
-    a = run(compose(overrides), cwd=str(tmp_path))
-    b = run(compose(overrides), cwd=str(tmp_path))
+    a = run_job(compose(overrides), cwd=str(tmp_path))
+    b = run_job(compose(overrides), cwd=str(tmp_path))
     assert a["train/loss"] == b["train/loss"] and a["val/psnr"] == b["val/psnr"]
-    c = run(compose(overrides + ["seed=1"]), cwd=str(tmp_path))
+    assert a["model/params"] == srresnet_tiny_params(1) == 4313  # a 1-channel head and tail
+    c = run_job(compose(overrides + ["seed=1"]), cwd=str(tmp_path))
     assert c["train/loss"] != a["train/loss"]
 
 
 def test_live_model_at_x1_5_with_default_frame(store, compose, tmp_path):
     """ESPCN x1.5 (720p -> 1080p style): training patches and the complexity frame are
     aligned to the scale's period (a 256 frame is measured as 255 -> LR 170)."""
-    out = run(compose(["model=espcn", "scale=1.5", "trainer=smoke", "model.channels=8",
-                       "trainer.patch_size=16", "trainer.progress=false",
-                       "tracking.checkpoint=false"]), cwd=str(tmp_path))
-    assert out["val/psnr"] > 0 and out["model/s_per_30_frames"] > 0
+    from hydra.utils import instantiate
+
+    from sr_ablate.core.complexity import gflops
+    overrides = ["model=espcn", "scale=1.5", "trainer=smoke", "model.channels=8",
+                 "trainer.patch_size=16", "trainer.progress=false", "tracking.checkpoint=false"]
+    ids = []
+    out = run_job(compose(overrides), cwd=str(tmp_path), on_start=ids.append)
+    r = MlflowClient(store).get_run(ids[0])
+    assert r.info.status == "FINISHED"
+    assert r.data.tags["model.frame_hw"] == "255x255"  # 256 cut to a multiple of 3
+    assert r.data.tags["model.input_shape"] == "1x3x170x170"  # 255 / 1.5
+    model = instantiate(compose(overrides).model)
+    assert out["model/gflops"] == pytest.approx(gflops(model, (1, 3, 170, 170)), rel=1e-12)
+    # ms per frame is a measured time (no exact value); the 30-frame figure is derived from it
+    assert out["model/ms_per_frame"] > 0
+    assert out["model/s_per_30_frames"] == pytest.approx(30 * out["model/ms_per_frame"] / 1000)
+    psnr = tracking.metric_history(store, ids[0], "val/psnr")
+    assert [s for s, _ in psnr] == [2, 4]  # evaluated at x1.5 at both evaluations
 
 
 def test_default_validation_can_reach_significance():
@@ -138,7 +164,7 @@ def test_default_validation_can_reach_significance():
     test over n images cannot go below 2/2^n: 8 images reach 0.008 < 0.05), none of them a
     training photograph, all readable."""
     from sr_ablate.data import read_image
-    from sr_ablate.stats import min_p
+    from sr_ablate.report.stats import min_p
     assert len(BUILTIN_VAL) >= 8 and min_p(len(BUILTIN_VAL)) < 0.05
     assert not set(BUILTIN_VAL) & set(BUILTIN_TRAIN)
     for name in BUILTIN_VAL:

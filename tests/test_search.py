@@ -11,11 +11,11 @@ import time
 import optuna
 import pytest
 import yaml
+from conftest import TINY, cli
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, cli
 from sr_ablate import UserError
-from sr_ablate.search import check_spec
+from sr_ablate.sweeps.optuna_study import check_spec
 
 BASE = {"study": "opt", "overrides": TINY,
         "optuna": {"trials": 2, "objectives": {"val/psnr": "maximize"},
@@ -63,7 +63,7 @@ def test_sweep_file_mistakes_are_named(change, message):
 
 @pytest.mark.parametrize("extra, message", [
     (["sweep.storage=not a url"], "is not a database URL"),
-    (["sweep.trials=0"], "must be a positive number of trials"),
+    (["sweep.trials=0"], "sweep.trials=0 must be at least 1"),
     ([], "optuna.sampler: unknown name 'tpee'"),
     (["model.blocks=0"], "model.blocks=0 must be at least 1"),
 ])
@@ -71,7 +71,7 @@ def test_bad_optuna_sweep_is_one_line_and_no_run(tmp_path, extra, message):
     changes = {"sampler": {"name": "tpee"}} if not extra else {}
     out = cli([sweep_file(tmp_path, **changes), *extra], tmp_path, timeout=120)
     assert out.returncode == 2
-    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "mlflow.db").exists()
@@ -110,11 +110,12 @@ def test_trial_and_run_point_at_each_other_and_parent_holds_the_best(tmp_path):
         assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert float(r.data.params["optim.lr"]) == pytest.approx(t.params["optim.lr"])
         assert r.data.metrics["val/psnr"] == pytest.approx(t.value)
-    best = study.best_trial
+    # the best, found here from the runs' own logged PSNR (not by asking Optuna)
+    best = max(runs, key=lambda r: r.data.metrics["val/psnr"])
     assert parent.info.status == "FINISHED"
-    assert parent.data.tags["optuna.best_trials"] == str(best.number)
-    assert parent.data.tags["optuna.best_run_ids"] == best.user_attrs["mlflow_run_ids"][0]
-    assert parent.data.metrics["best/val/psnr"] == pytest.approx(best.value)
+    assert parent.data.tags["optuna.best_trials"] == best.data.tags["optuna.trial_number"]
+    assert parent.data.tags["optuna.best_run_ids"] == best.info.run_id
+    assert parent.data.metrics["best/val/psnr"] == pytest.approx(best.data.metrics["val/psnr"])
     assert parent.data.tags["optuna.study"] == "opt"
     assert "optuna.db" in parent.data.tags["optuna.storage"]
     assert "objectives" in parent.data.tags["sr_ablate.sweep"]
@@ -224,18 +225,35 @@ def test_two_objectives_give_a_pareto_front(tmp_path):
                       params={"model.channels": {"type": "categorical", "choices": [4, 8, 16]}})
     out = cli([path], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    study = load(tmp_path)
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
-    front = sorted(t.number for t in study.best_trials)
+    assert [t.state.name for t in load(tmp_path).trials] == ["COMPLETE"] * 3
     _, runs, (parent,) = mlflow_runs(tmp_path)
-    assert parent.data.tags["optuna.best_trials"] == ",".join(map(str, sorted(
-        int(n) for n in parent.data.tags["optuna.best_trials"].split(","))))
-    assert sorted(int(n) for n in parent.data.tags["optuna.best_trials"].split(",")) == front
-    for t in study.trials:  # the values Optuna holds are the runs' metrics
-        (r,) = [r for r in runs if r.info.run_id == t.user_attrs["mlflow_run_ids"][0]]
-        assert t.values == pytest.approx([r.data.metrics["val/psnr"],
-                                          r.data.metrics["model/ms_per_frame"]])
-    # nothing on the front is dominated by another trial
-    for a in study.best_trials:
-        assert not any(b.values[0] >= a.values[0] and b.values[1] <= a.values[1]
-                       and b.values != a.values for b in study.trials)
+    assert len(runs) == 3
+    # the Pareto front computed here from what the runs logged: a run is on it unless another
+    # is at least as good on both objectives and better on one
+    score = {r.info.run_id: (r.data.metrics["val/psnr"], r.data.metrics["model/ms_per_frame"])
+             for r in runs}
+
+    def dominates(a, b):
+        return a[0] >= b[0] and a[1] <= b[1] and a != b
+    front = [r for r in runs if not any(dominates(score[o.info.run_id], score[r.info.run_id])
+                                        for o in runs)]
+    front.sort(key=lambda r: int(r.data.tags["optuna.trial_number"]))
+    assert front  # a finite set of points always has a non-dominated one
+    # the parent names exactly those trials and their runs, in trial order
+    assert parent.data.tags["optuna.best_trials"] == ",".join(
+        r.data.tags["optuna.trial_number"] for r in front)
+    assert parent.data.tags["optuna.best_run_ids"] == ",".join(r.info.run_id for r in front)
+    for r in front:  # the ids are this sweep's runs of those trials
+        assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert r.data.tags["optuna.state"] == "COMPLETE"
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in runs) == [0, 1, 2]
+    for t in load(tmp_path).trials:  # the values Optuna was given are the runs' metrics
+        (run_id,) = t.user_attrs["mlflow_run_ids"]
+        assert t.values == pytest.approx(list(score[run_id]))
+    # one best: its values on the parent; a front of several: no single "best/" value
+    best = {k: v for k, v in parent.data.metrics.items() if k.startswith("best/")}
+    if len(front) == 1:
+        assert best == pytest.approx({"best/val/psnr": score[front[0].info.run_id][0],
+                                      "best/model/ms_per_frame": score[front[0].info.run_id][1]})
+    else:
+        assert best == {}

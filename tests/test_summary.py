@@ -9,12 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import TINY, cli, free_port
 from mlflow.tracking import MlflowClient
 
-from sr_ablate import summary, sweep, tracking
-from sr_ablate.report import baseline_of
-
-from conftest import TINY, cli, free_port
+from sr_ablate import tracking
+from sr_ablate.report.build import baseline_of
+from sr_ablate.sweeps import grid
+from sr_ablate.training import summary
 
 METRICS = {"val/psnr": 32.37, "val/ssim": 0.9, "val/bicubic_psnr": 32.93,
            "set5/psnr": 34.70, "set5/bicubic_psnr": 33.68,
@@ -70,21 +71,21 @@ def test_sweep_table_one_row_per_job_in_job_order():
 
 
 def test_plain_grid_records_the_default_as_its_baseline():
-    text = sweep.definition(["-m", "model.blocks=8,12,24", "trainer=smoke"], None)
+    text = grid.definition(["-m", "model.blocks=8,12,24", "trainer=smoke"], None)
     assert yaml.safe_load(text) == {"command": "-m model.blocks=8,12,24 trainer=smoke",
                                     "baseline": {"model.blocks": 16}}  # not swept: still said
-    groups = sweep.definition(["-m", "model=srresnet,vdsr", "seed=0,1"], None)
+    groups = grid.definition(["-m", "model=srresnet,vdsr", "seed=0,1"], None)
     assert baseline_of(None, [groups]) == {"model": "srresnet"}  # seeds are repeats, not factors
-    fixed = sweep.definition(["-m", "model=espcn", "model.channels=16,32"], None)
+    fixed = grid.definition(["-m", "model=espcn", "model.channels=16,32"], None)
     assert baseline_of(None, [fixed]) == {"model.channels": 64}  # espcn's default, not srresnet's
 
 
 def test_a_sweep_file_keeps_its_baseline_and_a_grid_file_without_one_gets_the_default():
-    argv, spec, tmp = sweep.expand(["sweep=srresnet_blocks", "trainer=smoke"])
-    assert sweep.definition(argv, spec) == Path(spec["path"]).read_text()
+    argv, spec, tmp = grid.expand(["sweep=srresnet_blocks", "trainer=smoke"])
+    assert grid.definition(argv, spec) == Path(spec["path"]).read_text()
     tmp.cleanup()
-    argv, spec, tmp = sweep.expand(["sweep=live_sr", "trainer=smoke"])
-    text = sweep.definition(argv, spec)
+    argv, spec, tmp = grid.expand(["sweep=live_sr", "trainer=smoke"])
+    text = grid.definition(argv, spec)
     tmp.cleanup()
     assert text.startswith(Path(spec["path"]).read_text().rstrip("\n"))
     assert baseline_of(None, [text]) == {"model.channels": 64, "model.act": "tanh"}
@@ -159,8 +160,13 @@ def test_a_sweep_launched_again_lists_the_runs_it_reused(launched_twice):
     children = frame[frame["tag:sr_ablate.role"] != "sweep"]
     assert len(parents) == 2 and len(children) == 2  # nothing ran again
     assert pd.isna(parents.iloc[0]["tag:sr_ablate.reused_run_ids"])  # the first reused none
-    assert sorted(parents.iloc[1]["tag:sr_ablate.reused_run_ids"].split()) == sorted(
-        children["run_id"])
+    # the second lists the two runs the first launch made (found by their parent run): each
+    # once. The order is the order the jobs' outcome files are read in, not the job order.
+    made = {c["model.blocks"]: c["run_id"] for _, c in children.iterrows()
+            if c["tag:mlflow.parentRunId"] == parents.iloc[0]["run_id"]}
+    assert sorted(made) == ["1", "2"]
+    reused = parents.iloc[1]["tag:sr_ablate.reused_run_ids"].split(" ")
+    assert len(reused) == 2 and set(reused) == {made["1"], made["2"]}
     again = _table(second)
     assert [r[:2] for r in again] == [["model.blocks=1", "skipped-reused"],
                                       ["model.blocks=2", "skipped-reused"]]

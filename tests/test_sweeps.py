@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from conftest import REPO, SHARED_DATA, cli, save_fake_vgg19
 from mlflow.tracking import MlflowClient
 
-from sr_ablate import UserError, sweep
-from sr_ablate.preflight import validate
-
-from conftest import REPO, SHARED_DATA, cli, save_fake_vgg19
+from sr_ablate import UserError
+from sr_ablate.config.validation import validate
+from sr_ablate.sweeps import grid
 
 SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
 
@@ -21,21 +21,21 @@ def test_the_studies_of_the_source_projects_are_there():
 
 @pytest.mark.parametrize("name", SWEEPS)
 def test_every_variant_composes_and_passes_the_checks(name):
-    spec = sweep.load(name)
-    for argv in sweep.checks(spec, ["trainer=smoke"]):
+    spec = grid.load(name)
+    for argv in grid.checks(spec, ["trainer=smoke"]):
         cfg = validate(argv)
         assert cfg.study == spec["study"] and cfg.tracking.experiment == spec["study"]
 
 
 def test_ablation_variants_are_the_study_s_six_plus_baseline():
-    spec = sweep.load("srresnet_ablation")
+    spec = grid.load("srresnet_ablation")
     assert spec["baseline"] == "base" and spec["variants"]["base"] == []
     assert sorted(spec["variants"]) == sorted(["base", "blocks8", "blocks12", "blocks24",
                                                "no_global_skip", "bicubic_upsampler", "vgg54"])
 
 
 def test_variant_config_puts_group_choices_in_defaults():
-    doc = yaml.safe_load(sweep.variant_yaml("v", ["loss=l1", "model.blocks=8", "seed=3",
+    doc = yaml.safe_load(grid.variant_yaml("v", ["loss=l1", "model.blocks=8", "seed=3",
                                                   "eval.sets=[val,set5]"]))
     assert doc["defaults"] == [{"override /loss": "l1"}, "_self_"]
     assert doc["model"] == {"blocks": 8} and doc["seed"] == 3 and doc["variant"] == "v"
@@ -54,7 +54,7 @@ def test_bad_sweep_files(tmp_path, text, expected):
     f = tmp_path / "bad.yaml"
     f.write_text(text)
     with pytest.raises(UserError, match=expected.replace("(", r"\(").replace(")", r"\)")):
-        sweep.load(str(f))
+        grid.load(str(f))
 
 
 def test_unknown_sweep_name_lists_the_known_ones(tmp_path):
@@ -75,7 +75,7 @@ def test_typo_inside_a_variant_fails_before_any_run(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SWEEPS)
 def test_sweep_runs_at_smoke_budget(tmp_path, name, monkeypatch):
-    spec = sweep.load(name)
+    spec = grid.load(name)
     env = {}
     if "vgg54" in yaml.safe_dump(spec):
         save_fake_vgg19(tmp_path / "torch")
@@ -84,7 +84,7 @@ def test_sweep_runs_at_smoke_budget(tmp_path, name, monkeypatch):
     if "final_sets" in yaml.safe_dump(spec):  # the standard sets, shortened to Set5
         if not (SHARED_DATA / "Set5").is_dir():
             pytest.skip(f"needs the Set5 images in {SHARED_DATA} (a user runs "
-                        "python -m sr_ablate.download set5)")
+                        "python -m sr_ablate download set5)")
         env["SR_ABLATE_DATA"] = str(SHARED_DATA)
         sets = ["eval.final_sets=[set5]"]
     else:

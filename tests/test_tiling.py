@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import MODEL_CONFIGS
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from conftest import MODEL_CONFIGS
+from sr_ablate.core.tiling import receptive_radius, tiled_forward
 from sr_ablate.data import builtin_dir, read_image
-from sr_ablate.tiling import receptive_radius, tiled_forward
 
 ATOL = 1e-5
 # Shrink the models that have these keys, to keep the file fast.
@@ -127,15 +127,19 @@ def test_fractional_scale_tiles_on_whole_pixels(hw):
 
 
 def test_bicubic_upsampler_widens_the_radius(compose):
+    """2 blocks, LR pixels: pixelshuffle = head 1 + blocks 4 + body tail 1 + sub-pixel conv 1
+    + HR tail 1 px (half an LR pixel, rounded up) = 8; bicubic = head 1 + blocks 4 + body tail
+    1 + the interpolation's 2 taps + the HR up conv and tail 1 px each (one LR pixel) = 9."""
     pixel, _ = build(compose, ["model=srresnet"])
     bicubic, _ = build(compose, ["model=srresnet", "model.upsampler=bicubic"])
-    assert receptive_radius(bicubic) > receptive_radius(pixel)
+    assert (receptive_radius(pixel), receptive_radius(bicubic)) == (8, 9)
 
 
 def test_too_small_overlap_differs(compose):
     """Overlap 0 leaves visible seams on a deep model: the equality tests can fail."""
     model, c = build(compose, ["model=srresnet", "model.blocks=8"])
-    r = receptive_radius(model, c)  # 20
+    r = receptive_radius(model, c)
+    assert r == 1 + 8 * 2 + 1 + 1 + 1  # head, 8 blocks, body tail, up conv, HR tail (rounded)
     x = photo(model, c)  # 40 x 56: tiles of 32 put seams at row 32 and column 32
     diff = (tiled_forward(model, x, 32, overlap=0) - whole(model, x)).abs()
     assert diff.max() > 1e-2
@@ -149,8 +153,7 @@ def test_receptive_radius_grows_with_blocks(compose):
     """Each residual block adds two 3x3 convs: +2 LR pixels."""
     radii = [receptive_radius(build(compose, ["model=srresnet", f"model.blocks={b}"])[0])
              for b in (1, 2, 4)]
-    assert radii[0] < radii[1] < radii[2]
-    assert radii[1] - radii[0] == 2 and radii[2] - radii[1] == 4
+    assert radii == [4 + 2 * b for b in (1, 2, 4)]  # head, body tail, up conv, HR tail: 4
 
 
 def test_receptive_radius_of_default_srresnet(compose):

@@ -8,12 +8,12 @@ import shutil
 
 import pandas as pd
 import pytest
-
 from conftest import TINY, builtin_images, cli
+
 from sr_ablate import tracking
-from sr_ablate.report import write
-from sr_ablate.run import run
-from sr_ablate.verdicts import RISE_DB, last_rise, sentence, verdict
+from sr_ablate.report.build import write
+from sr_ablate.report.verdicts import RISE_DB, last_rise, sentence, verdict
+from sr_ablate.training.job import run_job
 
 QUIET = ["tracking.checkpoint=false", "trainer.progress=false"]
 
@@ -80,7 +80,10 @@ def test_last_rise():
     assert last_rise([(400, 30.0), (800, 31.0), (1200, 31.02)]) == pytest.approx(0.02)
     assert last_rise([(800, 31.0), (400, 30.0)]) == pytest.approx(1.0)  # sorted by step
     assert math.isnan(last_rise([(4, 30.0)]))
-    assert 0 < RISE_DB < 0.5
+    # the rule's threshold: a rise just over RISE_DB withholds the verdict, just under does not
+    over = verdict(row(val_rise=RISE_DB + 0.001), BASE, "s", 0.05)
+    assert over.startswith("cannot tell: not converged")
+    assert verdict(row(val_rise=RISE_DB - 0.001), BASE, "s", 0.05) == "better"
 
 
 def _frame(tmp_path):
@@ -90,10 +93,10 @@ def _frame(tmp_path):
 
 def test_forced_rerun_replaces_and_two_families_get_two_tables(store, compose, tmp_path):
     srresnet = compose(TINY + QUIET)
-    run(srresnet, cwd=str(tmp_path))
-    run(srresnet, cwd=str(tmp_path))  # the same configuration again: sweep.force=true
-    run(compose(["model=espcn", "model.channels=8", "model.mid_channels=8", "trainer=smoke",
-                 *QUIET]), cwd=str(tmp_path))
+    run_job(srresnet, cwd=str(tmp_path))
+    run_job(srresnet, cwd=str(tmp_path))  # the same configuration again: sweep.force=true
+    run_job(compose(["model=espcn", "model.channels=8", "model.mid_channels=8", "trainer=smoke",
+                     *QUIET]), cwd=str(tmp_path))
     runs = _frame(tmp_path)
     assert len(runs) == 3 and (runs["status"] == "FINISHED").all()
     out = tmp_path / "rep"
@@ -111,7 +114,7 @@ def test_forced_rerun_replaces_and_two_families_get_two_tables(store, compose, t
 
 
 def test_missing_variant_is_listed_with_its_error(store, compose, tmp_path):
-    run(compose(TINY + QUIET), cwd=str(tmp_path))
+    run_job(compose(TINY + QUIET), cwd=str(tmp_path))
     runs = _frame(tmp_path)
     out = tmp_path / "rep"
     write(runs, out, "e", expected=[{"model.blocks": 1}, {"model.blocks": 4}],
@@ -146,7 +149,7 @@ def test_five_images_three_seeds_cannot_reach_significance(tmp_path):
     (tmp_path / "five.yaml").write_text(SWEEP.format(folder=folder))
     out = cli([f"sweep={tmp_path / 'five.yaml'}"], tmp_path, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    out = cli(["five"], tmp_path, module="sr_ablate.report")
+    out = cli(["five"], tmp_path, command="report")
     assert out.returncode == 0, out.stderr[-3000:]
     table = pd.read_csv(tmp_path / "reports" / "five" / "results.csv")
     assert list(table["n"]) == [3, 3]
