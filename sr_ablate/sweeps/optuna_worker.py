@@ -69,7 +69,7 @@ class Worker:
         return study, parent
 
     def stale(self, trial) -> None:
-        """A dead worker's trial: its MLflow run_job(s) end KILLED instead of staying RUNNING."""
+        """A dead worker's trial: its MLflow run(s) end KILLED instead of staying RUNNING."""
         for run_id in trial.user_attrs.get("mlflow_run_ids", []):
             tracking.end_if_running(self.uri, run_id, "KILLED")
         print(f"trial {trial.number}: its worker stopped answering; queued again",
@@ -160,7 +160,7 @@ class Worker:
         return mean[0] if len(mean) == 1 else mean
 
     def end(self, trial, run_ids: list[str], state: str, message: str):
-        """Say how a trial ended, here and on its MLflow run_job(s); returns its Optuna value."""
+        """Say how a trial ended, here and on its MLflow run(s); returns its Optuna value."""
         for run_id in run_ids:
             tracking.annotate(self.uri, run_id, tags={"optuna.state": state})
         overrides = " ".join(trial.user_attrs.get("overrides", []) or

@@ -115,8 +115,10 @@ def record(outcome: str, job: str, message: str = "", *, num: int = 0,
 
 
 def outcomes(folder: str | Path) -> list[dict]:
-    """Every outcome the jobs recorded in ``folder``."""
-    return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))]
+    """Every outcome the jobs recorded in ``folder``, in the sweep's job order (Hydra's job
+    number), so that what a sweep reports and records lists its jobs as they were launched."""
+    found = [json.loads(p.read_text()) for p in Path(folder).glob("*.json")]
+    return sorted(found, key=lambda r: r.get("num", 0))
 
 
 def summary(results: list[dict]) -> str:
