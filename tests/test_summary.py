@@ -28,7 +28,7 @@ def test_run_line_gives_every_set_against_bicubic_and_says_below():
     line = summary.run_line("3f2c9a1b", METRICS)
     assert line == ("sr_ablate: run 3f2c9a1b finished: val 32.37 dB vs bicubic 32.93 (-0.56): "
                     "below bicubic; set5 34.70 dB vs bicubic 33.68 (+1.02); val_x3 29.50 dB vs "
-                    "bicubic 29.50 (+0.00); look next: mlflow ui, make report")
+                    "bicubic 29.50 (+0.00); look next: mlflow ui, sr-ablate report")
 
 
 def test_run_line_above_bicubic_and_in_a_sweep():
@@ -64,7 +64,7 @@ def test_sweep_table_one_row_per_job_in_job_order():
     assert lines[3].endswith("(same config hash: this FINISHED run is reused)")
     assert lines[4].split()[:5] == ["model.blocks=24", "failed", "-", "-", "-"]
     assert lines[4].endswith("(NonFiniteLoss: loss is nan at step 2)")
-    assert lines[5] == "look next: mlflow ui, make report ARGS=0a1b2c3d4e5f"
+    assert lines[5] == "look next: mlflow ui, sr-ablate report 0a1b2c3d4e5f"
     variant = summary.job_labels([["+study_variant=base", "trainer=smoke"],
                                   ["+study_variant=vgg54", "trainer=smoke"]])
     assert variant == ["variant=base", "variant=vgg54"]
@@ -97,7 +97,7 @@ def test_a_run_ends_with_its_psnr_against_bicubic_on_stdout(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     last = out.stdout.strip().splitlines()[-1]
     m = RUN_LINE.match(last)
-    assert m and m.group(6) == "; look next: mlflow ui, make report", last
+    assert m and m.group(6) == "; look next: mlflow ui, sr-ablate report", last
     assert "trainer=quick" not in out.stderr  # smoke is not announced
     r = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(m.group(1))
     assert r.info.status == "FINISHED"  # the line comes after the run ended
@@ -150,7 +150,7 @@ def test_sweep_ends_with_its_table_and_records_the_default_baseline(launched_twi
         run = by_blocks[blocks]
         assert row == [f"model.blocks={blocks}", "ran", "val", f"{run['val/psnr']:.2f}",
                        f"{run['val/psnr'] - run['val/bicubic_psnr']:+.2f}", run["run_id"]]
-    assert stdout.rstrip().endswith(f"make report ARGS={parent['tag:sr_ablate.sweep_id']}")
+    assert stdout.rstrip().endswith(f"sr-ablate report {parent['tag:sr_ablate.sweep_id']}")
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ clear; a model under it is said to be, in words, wherever its PSNR is shown.
 """
 from __future__ import annotations
 
-HINT = "look next: mlflow ui, make report"
+HINT = "look next: mlflow ui, sr-ablate report"
 STATUS = {"ran": "ran", "skipped": "skipped-reused", "failed": "failed"}
 
 
@@ -31,7 +31,7 @@ def _against_bicubic(name: str, psnr: float, bicubic: float | None) -> str:
 def run_line(run_id: str, metrics: dict, hint: bool = True) -> str:
     """The line a run ends with, e.g. ``sr_ablate: run <id> finished: val 32.37 dB vs bicubic
     32.93 (-0.56): below bicubic; set5 34.70 dB vs bicubic 33.68 (+1.02); look next: mlflow
-    ui, make report``. ``hint=False`` (a sweep's job: its sweep ends with a table) drops the
+    ui, sr-ablate report``. ``hint=False`` (a sweep's job: its sweep ends with a table) drops the
     last part."""
     parts = [_against_bicubic(*s) for s in psnr_by_set(metrics)] or ["no PSNR logged"]
     return f"sr_ablate: run {run_id} finished: " + "; ".join(parts) + (f"; {HINT}" if hint else "")
@@ -84,5 +84,5 @@ def sweep_table(results: list[dict], sweep_id: str = "") -> str:
     for row in rows:
         cells = [c.rjust(w) if i == 3 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
         lines.append(("  " + "  ".join(cells) + "  " + row[5]).rstrip())
-    report = f"make report ARGS={sweep_id}" if sweep_id else "make report"
+    report = f"sr-ablate report {sweep_id}" if sweep_id else "sr-ablate report"
     return "\n".join(lines + [f"look next: mlflow ui, {report}"])
