@@ -40,8 +40,9 @@ def cli(args: list[str], cwd: Path, timeout: float = 300, command: str | None = 
     evaluate, report, download, bench; none: train); returns CompletedProcess."""
     env = {**{k: v for k, v in os.environ.items()
               if not k.startswith(("MLFLOW_", "SR_ABLATE_"))}, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "sr_ablate", *([command] if command else []), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    cmd = [sys.executable, "-m", "sr_ablate", *([command] if command else []), *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def builtin_images() -> list[Path]:
@@ -53,6 +54,7 @@ def save_fake_vgg19(torch_home: Path) -> Path:
     """A torchvision-format VGG19 ``features`` state dict with random values, where
     torch.hub looks for it: tests the VGG54 plumbing without any download."""
     import torch
+
     from sr_ablate.training.losses import VGG19Features
     torch.manual_seed(0)
     path = torch_home / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
@@ -102,7 +104,7 @@ class MlflowServer:
             except OSError:
                 if self.proc.poll() is not None or time.time() > deadline:
                     self.stop()
-                    raise RuntimeError("mlflow server did not start")
+                    raise RuntimeError("mlflow server did not start") from None
                 time.sleep(0.5)
 
     def stop(self) -> None:

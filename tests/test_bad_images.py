@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, cli
 from PIL import Image
 
-from conftest import TINY, cli
 from sr_ablate import UserError, data
 from sr_ablate.core.metrics import rgb_to_y
 

@@ -6,10 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import TINY, builtin_images, cli
 from mlflow.tracking import MlflowClient
 from PIL import Image
-
-from conftest import TINY, builtin_images, cli
 
 
 def good_folder(path: Path, n: int = 3) -> Path:
@@ -21,7 +20,7 @@ def good_folder(path: Path, n: int = 3) -> Path:
 
 def assert_clean_failure(out, cwd: Path, expected: str):
     assert out.returncode != 0
-    errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, out.stderr[-2000:]
     assert expected in errors[0], errors[0]
     assert "Traceback" not in out.stderr
@@ -59,7 +58,8 @@ CASES = {
     "empty data.root": ("empty", "holds no image files"),
     "non-image file": ("not_image", "notes.png is not a readable image"),
     "truncated PNG": ("truncated", "cut.png is not a readable image"),
-    "image smaller than a patch": ("too_small", "a_tiny.png is 20x20 after modcrop, smaller than the 32x32 needed"),
+    "image smaller than a patch": ("too_small", "a_tiny.png is 20x20 after modcrop, smaller "
+                                   "than the 32x32 needed"),
 }
 
 

@@ -10,8 +10,8 @@ CATALOGUE = REPO / "docs" / "bad-input.md"
 
 
 def rows() -> list[list[str]]:
-    lines = [l for l in CATALOGUE.read_text().splitlines() if re.match(r"\| \d+ \|", l)]
-    return [[c.strip() for c in l.strip("|").split(" | ")] for l in lines]
+    lines = [x for x in CATALOGUE.read_text().splitlines() if re.match(r"\| \d+ \|", x)]
+    return [[c.strip() for c in x.strip("|").split(" | ")] for x in lines]
 
 
 def test_the_catalogue_holds_at_least_25_numbered_bad_inputs():

@@ -8,15 +8,14 @@ import shutil
 
 import pytest
 import torch
+from conftest import TINY, builtin_images
 from mlflow.tracking import MlflowClient
 
 from sr_ablate import UserError
-from sr_ablate.training import checkpoint
 from sr_ablate.cli import evaluate
 from sr_ablate.config.hashing import config_hash
+from sr_ablate.training import checkpoint
 from sr_ablate.training.job import instantiate_node, run_job
-
-from conftest import TINY, builtin_images
 
 SHORT = [*TINY, "tracking.checkpoint=false", "trainer.steps=6", "trainer.checkpoint_every=2"]
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import REPO, TINY, cli
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from conftest import REPO, TINY, cli
 from sr_ablate import UserError
 from sr_ablate.cli import main as cli_main
 from sr_ablate.cli import train

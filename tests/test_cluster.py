@@ -4,9 +4,8 @@ runs in its own process started by submitit) lands its runs under one MLflow par
 from __future__ import annotations
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import TINY, cli
+from mlflow.tracking import MlflowClient
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
                     reason="needs hydra-submitit-launcher (pip install -e '.[cluster]')")

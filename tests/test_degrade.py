@@ -8,25 +8,31 @@ borders, separable), and applies it as ``M_h @ X @ M_w.T``.
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-import re
-from pathlib import Path
-
 import torch.nn.functional as F
 from PIL import Image
 
 import sr_ablate
 from sr_ablate.core import evaluate
-from sr_ablate.core.degrade import (bicubic_down, bicubic_up, contributions, cubic, downscale,
-                                    imresize, modcrop, round_half_away, to_uint8)
+from sr_ablate.core.degrade import (
+    bicubic_down,
+    bicubic_up,
+    contributions,
+    cubic,
+    downscale,
+    imresize,
+    modcrop,
+    round_half_away,
+    to_uint8,
+)
 from sr_ablate.core.evaluate import Protocol, model_input, reference
 from sr_ablate.core.metrics import rgb_to_y
 from sr_ablate.data import builtin_dir, make_pairs, read_image
-
 
 # --------------------------------------------------------------------------------------------
 # Independent reference (plain Python / NumPy, float64)

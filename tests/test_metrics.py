@@ -57,7 +57,8 @@ def ref_ssim_2d(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     s11 = ref_filter_valid(a * a, win) - mu1 ** 2
     s22 = ref_filter_valid(b * b, win) - mu2 ** 2
     s12 = ref_filter_valid(a * b, win) - mu1 * mu2
-    ssim_map = ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1 ** 2 + mu2 ** 2 + c1) * (s11 + s22 + c2))
+    ssim_map = ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / (
+        (mu1 ** 2 + mu2 ** 2 + c1) * (s11 + s22 + c2))
     return float(ssim_map.mean())
 
 

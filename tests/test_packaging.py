@@ -19,9 +19,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import REPO
+from mlflow.tracking import MlflowClient
 
 # the user's own config folder and sweep file
 MYNET = """\

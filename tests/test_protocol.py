@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from sr_ablate.data import list_images, load_eval_images
-from sr_ablate.core.evaluate import Evaluator, Protocol
-
 from conftest import SHARED_DATA
 from test_degrade import ref_imresize
-from test_metrics import ref_psnr, ref_ssim_2d as ref_ssim
+from test_metrics import ref_psnr
+from test_metrics import ref_ssim_2d as ref_ssim
+
+from sr_ablate.core.evaluate import Evaluator, Protocol
+from sr_ablate.data import list_images, load_eval_images
 
 needs_shared = pytest.mark.skipif(not (SHARED_DATA / "Set5").is_dir(),
                                   reason="../shared/data not found: benchmark images are only "

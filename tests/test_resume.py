@@ -12,14 +12,13 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, cli
 from mlflow.tracking import MlflowClient
 
 from sr_ablate import UserError
 from sr_ablate.training import checkpoint
 from sr_ablate.training.job import run_job, seed_everything
 from sr_ablate.training.loop import Interrupted
-
-from conftest import TINY, cli
 
 
 def start(args, cwd):

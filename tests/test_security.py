@@ -17,11 +17,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import test_download as td
 import torch
+from conftest import REPO
 from PIL import Image
 
-import test_download as td
-from conftest import REPO
 from sr_ablate import UserError
 from sr_ablate.data.download import fetch
 
@@ -230,6 +230,7 @@ def test_zip_symlink_entry_is_not_extracted(server, monkeypatch, tmp_path):
 
 def test_html_report_escapes_run_text(tmp_path):
     import pandas as pd
+
     from sr_ablate.report.html import page
     evil = "<script>alert(1)</script>"
     table = pd.DataFrame({evil: [evil], "model": ["<img src=x onerror=alert(1)>"]})

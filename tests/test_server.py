@@ -5,13 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import TINY, cli, free_port
 from mlflow.tracking import MlflowClient
 
 from sr_ablate import UserError
 from sr_ablate.training import checkpoint
 from sr_ablate.training.job import run_job
-
-from conftest import TINY, cli, free_port
 
 
 @pytest.fixture

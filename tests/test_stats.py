@@ -28,7 +28,7 @@ def five_images_three_seeds():
     images = [f"img{i}" for i in range(5)]
     base_level = rng.uniform(28, 34, size=5)
     a, b = [], []
-    for seed in range(3):
+    for _seed in range(3):
         b.append(pd.Series(base_level + rng.normal(0, 0.01, 5), index=images))
         a.append(pd.Series(b[-1].to_numpy() + 0.1 + 0.05 * rng.random(5), index=images))
     return a, b

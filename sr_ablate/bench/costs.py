@@ -199,7 +199,7 @@ def live(frames: int, device: torch.device) -> str:
     for ch in (16, 32, 64):
         cfg = validation.compose(["model=espcn", "scale=1.5", f"model.channels={ch}"])
         model = instantiate_node(cfg.model).to(device).eval()
-        s = timed(lambda: model(x))
+        s = timed(lambda model=model: model(x))
         rows.append([f"ESPCN model.channels={ch} ({count_params(model):,} params)",
                      f"{1000 * s / frames:.1f}", f"{30 * s / frames:.2f}"])
     s = timed(lambda: F.interpolate(x, size=(1080, 1920), mode="bicubic", align_corners=False))

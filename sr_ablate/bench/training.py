@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -24,8 +24,8 @@ from sr_ablate.core.evaluate import model_channels
 from sr_ablate.training.job import instantiate_node
 from sr_ablate.training.loop import fit
 
-# name -> (overrides, batch, LR patch): the shapes of docs/protocol.md#benchmark-shapes; VDSR at batch
-# 16 x 40^2 instead of 64 x 41^2 to keep a round of the benchmark near 10 s on 2 cores.
+# name -> (overrides, batch, LR patch): the shapes of docs/protocol.md#benchmark-shapes; VDSR at
+# batch 16 x 40^2 instead of 64 x 41^2 to keep a round of the benchmark near 10 s on 2 cores.
 MODELS = {
     "SRResNet-16": (["model=srresnet", "model.blocks=16"], 16, 24),
     "VDSR-20": (["model=vdsr"], 16, 20),

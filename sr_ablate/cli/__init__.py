@@ -1,1 +1,2 @@
-"""The command line: ``main`` dispatches ``sr-ablate [train] | evaluate | report | download | bench``."""
+"""The command line: ``main`` dispatches ``sr-ablate [train] | evaluate | report | download |
+bench``."""

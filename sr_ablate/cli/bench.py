@@ -110,7 +110,7 @@ def knobs(s: bt.Setup, name, overrides, batch, patch, device, steps, rounds) -> 
             "bf16": lambda n: bt.bare_its(s, n, autocast=torch.bfloat16),
             "fp16": lambda n: bt.bare_its(s, n, autocast=torch.float16)}
     best = {k: 0.0 for k in runs}
-    for i in range(rounds):
+    for _i in range(rounds):
         for k, f in runs.items():
             slow = k in ("bf16", "fp16") and best[k] and best[k] < 0.5 * best["base"]
             if not slow:  # one round says enough of a 2x (or worse) slowdown

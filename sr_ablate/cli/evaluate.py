@@ -1,7 +1,8 @@
 """``python -m sr_ablate evaluate``: evaluate bicubic or a trained run on any set and scale.
 
     python -m sr_ablate evaluate model=bicubic eval.data=<HR folder> scale=<s>
-    python -m sr_ablate evaluate model=<MLflow run id | runs:/<id> | checkpoint.pt> eval.sets=[set5,set14]
+    python -m sr_ablate evaluate model=<MLflow run id | runs:/<id> | checkpoint.pt> \
+        eval.sets=[set5,set14]
 
 Other keys: any ``eval.*`` (protocol, color, tile, format=json ...), ``tracking.uri``,
 ``trainer.device``. Prints a per-image table and the mean per set; with ``eval.format=json``
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'image':<24} {'psnr':>8} {'ssim':>8}")
         for r in rows:
             print(f"{r['image']:<24} {r['psnr']:8.4f} {r['ssim']:8.4f}")
-        print(f"{'mean':<24} {metrics[f'{ev.prefix}/psnr']:8.4f} {metrics[f'{ev.prefix}/ssim']:8.4f}")
+        mean_psnr, mean_ssim = metrics[f"{ev.prefix}/psnr"], metrics[f"{ev.prefix}/ssim"]
+        print(f"{'mean':<24} {mean_psnr:8.4f} {mean_ssim:8.4f}")
     if cfg.eval.format == "json":
         objs = {name: {"psnr": m[f"{name}/psnr"], "ssim": m[f"{name}/ssim"],
                        "images": [{"name": r["image"], "psnr": r["psnr"], "ssim": r["ssim"]}

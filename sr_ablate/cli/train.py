@@ -29,8 +29,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 
 from sr_ablate import UserError
-from sr_ablate.config import CONF_DIR, CONFIG_DIR_ENV
-from sr_ablate.config import validation
+from sr_ablate.config import CONF_DIR, CONFIG_DIR_ENV, validation
 from sr_ablate.config.hashing import config_hash
 from sr_ablate.sweeps import grid, resources
 from sr_ablate.training import clock, summary
@@ -123,7 +122,8 @@ def _checked(argv: list[str]):
         return argv, spec, tmp, None
     if not spec:
         return argv, spec, tmp, validation.validate(argv)
-    extra = [a for a in sys.argv[1:] if not a.startswith("sweep=") and a not in ("-m", "--multirun")]
+    extra = [a for a in sys.argv[1:]
+             if not a.startswith("sweep=") and a not in ("-m", "--multirun")]
     cfg = None
     for check_argv in grid.checks(spec, extra):
         checked = validation.validate(check_argv)

@@ -33,7 +33,9 @@ def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
 
 def shave(img: torch.Tensor, border: int) -> torch.Tensor:
     """Remove ``border`` pixels from every edge of (..., H, W)."""
-    return img[..., border: img.shape[-2] - border, border: img.shape[-1] - border] if border else img
+    if not border:
+        return img
+    return img[..., border: img.shape[-2] - border, border: img.shape[-1] - border]
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 255.0) -> float:

@@ -51,8 +51,10 @@ CHUNK = 1 << 20
 
 
 def data_root(root: str | Path | None = None) -> Path:
-    """Where named datasets live: ``root``, else $SR_ABLATE_DATA, else ~/.cache/sr_ablate/datasets."""
-    return Path(root or os.environ.get("SR_ABLATE_DATA") or "~/.cache/sr_ablate/datasets").expanduser()
+    """Where named datasets live: ``root``, else $SR_ABLATE_DATA, else
+    ~/.cache/sr_ablate/datasets."""
+    given = root or os.environ.get("SR_ABLATE_DATA") or "~/.cache/sr_ablate/datasets"
+    return Path(given).expanduser()
 
 
 def url_of(name: str) -> str:

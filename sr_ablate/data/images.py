@@ -92,7 +92,8 @@ def list_images(root: str | Path, what: str = "data.root") -> list[Path]:
                         f"(chmod a+rx {root}) or point {what} at another folder") from None
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     if not images:
-        raise UserError(f"{what}={root} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise UserError(f"{what}={root} holds no image files ({kinds}); "
                         f"point {what} at a folder of HR images")
     return images
 

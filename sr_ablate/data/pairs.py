@@ -14,6 +14,7 @@ from sr_ablate import UserError
 from sr_ablate.core.degrade import downscale, upsampled_input
 from sr_ablate.data.images import load_images
 
+
 @dataclass
 class Pair:
     """One HR image ``gt`` (C, H, W) uint8 and its model input ``lq``: the LR (C, H/s, W/s)
@@ -79,8 +80,8 @@ def training_pairs(train: list[Path], *, scales: list[float], patch_size: int, c
                              f"scale={scale:g})", fix="lower trainer.patch_size or remove the "
                              "image")
         key = (files_key(train), scale, color, kernel, quantize, upsampled)
-        pairs[scale] = memo(_pairs, key, lambda: make_pairs(hr, scale, kernel, quantize,
-                                                            upsampled, device))
+        pairs[scale] = memo(_pairs, key, lambda hr=hr, scale=scale: make_pairs(
+            hr, scale, kernel, quantize, upsampled, device))
     return pairs
 
 

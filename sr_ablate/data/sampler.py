@@ -10,8 +10,9 @@ import torch
 
 from sr_ablate.data.pairs import Pair
 
+
 def batches(pairs: dict[float, list[Pair]], *, patch_size: int, batch_size: int, seed: int,
-            augment: bool = True, device: str | torch.device = "cpu") -> "Batches":
+            augment: bool = True, device: str | torch.device = "cpu") -> Batches:
     """Endless random aligned patch pairs with flips/rot90, float32 in [0, 1].
 
     Each batch draws one scale from ``pairs`` (multi-scale training, VDSR) and yields

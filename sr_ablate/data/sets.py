@@ -45,7 +45,8 @@ def eval_set_paths(name: str, root: str | None = None) -> tuple[str, list[Path]]
         raise UserError(f"eval set {name!r} is neither a known set ({', '.join(BENCHMARKS)}) "
                         "nor a folder; fix the name in eval.sets")
     # MLflow metric keys allow letters, digits, _ - . / and spaces
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", path.resolve().name), list_images(path, f"eval set {name}")
+    prefix = re.sub(r"[^A-Za-z0-9_.-]", "_", path.resolve().name)
+    return prefix, list_images(path, f"eval set {name}")
 
 
 def builtin_dir() -> Path:

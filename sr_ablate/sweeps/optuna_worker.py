@@ -53,8 +53,8 @@ class Worker:
         study = optuna.create_study(
             study_name=self.name, storage=storage(self.url, self.opt["heartbeat"], self.stale),
             load_if_exists=True, directions=list(self.opt["objectives"].values()),
-            sampler=sampler_for(self.opt, 0), pruner=make_component("pruner", self.opt.get("pruner"),
-                                                           PRUNERS))
+            sampler=sampler_for(self.opt, 0),
+            pruner=make_component("pruner", self.opt.get("pruner"), PRUNERS))
         have = study.user_attrs.get("sr_ablate.definition")
         if have is None:
             study.set_user_attr("sr_ablate.definition", self.definition)
@@ -84,7 +84,8 @@ class Worker:
                 optuna.storages.fail_stale_trials(study)  # trials of dead workers: re-queued
                 ts = study.get_trials(deepcopy=False)
                 done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in ts)
-                failed = sum(t.state == TrialState.FAIL and "sr_ablate.error" in t.user_attrs for t in ts)
+                failed = sum(t.state == TrialState.FAIL and "sr_ablate.error" in t.user_attrs
+                             for t in ts)
                 if done >= self.trials:
                     break
                 tried = done + failed
@@ -190,8 +191,8 @@ class Worker:
         """Best trial(s) onto the parent run, which ends FINISHED once no trial still runs."""
         ts = study.get_trials(deepcopy=False)
         complete = [t for t in ts if t.state == TrialState.COMPLETE]
-        counts = {s.name.lower(): sum(t.state == s for t in ts) for s in (TrialState.COMPLETE, TrialState.PRUNED,
-                                                                           TrialState.FAIL)}
+        counts = {s.name.lower(): sum(t.state == s for t in ts)
+                  for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
         best = study.best_trials if complete else []
         line = ", ".join(f"{n} {k}" for k, n in counts.items())
         print(f"optuna study {self.name}: {line}; best: " + ("; ".join(

@@ -17,9 +17,9 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser

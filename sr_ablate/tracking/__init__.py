@@ -4,15 +4,32 @@ imports ``mlflow``; ``outbox`` keeps metrics while a tracking server does not an
 The names below are the package's interface: ``from sr_ablate import tracking`` then
 ``tracking.run(...)``, ``tracking.runs_frame(...)``.
 """
-from sr_ablate.tracking.queries import (download_checkpoint, fetch_artifact, finished_run,
-                                        metric_history, run_metrics, runs_frame,
-                                        sweep_definition)
-from sr_ablate.tracking.runs import (FAILED_TAG, PARENT_ENV, REUSED_TAG, SWEEP_ENV, RunLog,
-                                     annotate, end_if_running, end_parent, find_parent,
-                                     record_failed, record_reused, run, start_parent,
-                                     sweep_parent)
-from sr_ablate.tracking.store import (client_for, experiment_id, git_commit, reachable,
-                                      store_uri)
+from sr_ablate.tracking.queries import (
+                                        download_checkpoint,
+                                        fetch_artifact,
+                                        finished_run,
+                                        metric_history,
+                                        run_metrics,
+                                        runs_frame,
+                                        sweep_definition,
+)
+from sr_ablate.tracking.runs import (
+                                        FAILED_TAG,
+                                        PARENT_ENV,
+                                        REUSED_TAG,
+                                        SWEEP_ENV,
+                                        RunLog,
+                                        annotate,
+                                        end_if_running,
+                                        end_parent,
+                                        find_parent,
+                                        record_failed,
+                                        record_reused,
+                                        run,
+                                        start_parent,
+                                        sweep_parent,
+)
+from sr_ablate.tracking.store import client_for, experiment_id, git_commit, reachable, store_uri
 
 __all__ = ["FAILED_TAG", "PARENT_ENV", "REUSED_TAG", "SWEEP_ENV", "RunLog", "annotate",
            "client_for", "download_checkpoint", "end_if_running", "end_parent",

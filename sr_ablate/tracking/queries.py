@@ -9,6 +9,7 @@ import pandas as pd
 from sr_ablate import UserError
 from sr_ablate.tracking.store import MlflowException, client_for
 
+
 def run_metrics(uri: str, run_id: str) -> dict[str, float]:
     """The latest value of every metric of one run."""
     return dict(client_for(uri).get_run(run_id).data.metrics)

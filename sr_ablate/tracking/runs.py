@@ -13,9 +13,19 @@ from pathlib import Path
 
 from sr_ablate import Stopped, UserError
 from sr_ablate.tracking.outbox import Outbox
-from sr_ablate.tracking.store import (MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, Metric, MlflowClient,
-                                      MlflowException, Param, RunTag, client_for, experiment_id,
-                                      git_commit, transient)
+from sr_ablate.tracking.store import (
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_RUN_NAME,
+    Metric,
+    MlflowClient,
+    MlflowException,
+    Param,
+    RunTag,
+    client_for,
+    experiment_id,
+    git_commit,
+    transient,
+)
 
 PARENT_ENV = "SR_ABLATE_PARENT_RUN_ID"
 SWEEP_ENV = "SR_ABLATE_SWEEP_ID"

@@ -11,9 +11,9 @@ import random
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -95,9 +95,10 @@ def load_weights(model: torch.nn.Module, weights: dict, path: Path) -> None:
     try:
         model.load_state_dict(weights)
     except (RuntimeError, KeyError, TypeError, AttributeError) as e:
+        why = _mismatch(model, weights, e)
         raise UserError(f"{path} holds weights of another architecture than "
-                        f"{type(model).__name__} with these settings ({_mismatch(model, weights, e)}"
-                        "); use the configuration it was trained with, or delete it") from None
+                        f"{type(model).__name__} with these settings ({why}); use the "
+                        "configuration it was trained with, or delete it") from None
 
 
 def _mismatch(model: torch.nn.Module, weights, error: Exception) -> str:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -23,8 +23,8 @@ from sr_ablate.config.hashing import config_hash, flatten
 from sr_ablate.config.validation import check
 from sr_ablate.core.evaluate import Evaluator, Protocol, files_sha256, fingerprint, model_channels
 from sr_ablate.data import images, pairs, sampler, sets
-from sr_ablate.training.clock import process_start
 from sr_ablate.training import checkpoint
+from sr_ablate.training.clock import process_start
 from sr_ablate.training.loop import fit
 from sr_ablate.training.outputs import complexity_metrics, log_outputs
 from sr_ablate.training.summary import run_line
@@ -80,7 +80,7 @@ def build_evaluators(eval_cfg, scales: list[float], val_files: list[Path] | None
             prefix = name if i == 0 else f"{name}_x{s:g}"
             # one per process: its LR inputs and bicubic scores are computed once per sweep
             key = (pairs.files_key(files), s, protocol, prefix, eval_cfg.tile)
-            ev = pairs.memo(_evaluators, key, lambda: Evaluator(
+            ev = pairs.memo(_evaluators, key, lambda files=files, s=s, prefix=prefix: Evaluator(
                 images.load_eval_images(files, s), s, protocol, prefix=prefix,
                 tile=eval_cfg.tile))
             ev.final = name not in eval_cfg.sets  # set per run: a sweep's jobs share evaluators
