@@ -55,7 +55,7 @@ def save_fake_vgg19(torch_home: Path) -> Path:
     torch.hub looks for it: tests the VGG54 plumbing without any download."""
     import torch
 
-    from sr_ablate.training.losses import VGG19Features
+    from sr_ablate.models.vgg19 import VGG19Features
     torch.manual_seed(0)
     path = torch_home / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,15 +1,14 @@
 """Every config composes and passes the checks; typos and wrong types fail with one line."""
 from __future__ import annotations
 
-
 import pytest
+from conftest import REPO
 from hydra.utils import instantiate
 
 from sr_ablate import UserError
-from sr_ablate.config import check, flatten
-from sr_ablate.preflight import validate
-
-from conftest import REPO
+from sr_ablate.config.checks import check
+from sr_ablate.config.hashing import flatten
+from sr_ablate.config.validation import validate
 
 GROUP_OPTIONS = sorted((p.parent.name, p.stem) for p in (REPO / "conf").glob("*/*.yaml"))
 
@@ -62,13 +61,15 @@ def test_scale_reaches_the_model(compose):
     (["model.blocks=0"], "model.blocks=0 must be at least 1"),
     (["optim.lr=-1"], "optim.lr=-1 must be positive"),
     (["scale=0"], "scale=0 must be positive"),
+    (["model=vdsr", "scale=1"], "scale=1 must be above 1; use a number > 1 and <= 8"),
     (["data.color=cmyk"], "data.color='cmyk' is not valid; use one of: auto, rgb, y"),
     (["data.color=y"], "set model.in_channels=1"),
     (["data=folder"], "data=folder needs data.root"),
     (["scale=1.5"], "scale=1.5 does not suit SRResNet, which takes whole scales; use scale=2"),
     (["scale=5"], "cannot work together: SRResNet supports scale 2, 3 or 4, got 5"),
     (["model=edsr_baseline", "scale=8"], "EDSR supports scale 2, 3 or 4, got 8; change model"),
-    (["model.upsampler=nearest"], "upsampler must be 'pixelshuffle' or 'bicubic'"),
+    (["model.upsampler=nearest"],
+     "model.upsampler='nearest' is not valid; use one of: pixelshuffle, bicubic"),
     (["model=espcn", "scale=1.3"], "ESPCN needs a scale >= 1 that is an integer or a ratio"),
 ])
 def test_bad_overrides_give_one_line(argv, expected):

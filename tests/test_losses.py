@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from sr_ablate import UserError
-from sr_ablate.config.validation import check
-from sr_ablate.training.losses import VGG19Features, VGGLoss, WeightedSum
+from sr_ablate.config.checks import check
+from sr_ablate.models.vgg19 import VGG19Features
+from sr_ablate.training.losses import VGGLoss, WeightedSum
 
 FILE = "vgg19-dcbb9e9d.pth"
 # torchvision vgg19().features conv indices and (out, in) channels, written out by hand

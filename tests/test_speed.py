@@ -10,7 +10,7 @@ import torch
 from conftest import SHARED_DATA, TINY, cli
 
 from sr_ablate import UserError, data, tracking
-from sr_ablate.config.validation import check
+from sr_ablate.config.checks import check
 from sr_ablate.config.validation import compose as compose_cfg
 from sr_ablate.models import SRResNet
 from sr_ablate.training import clock

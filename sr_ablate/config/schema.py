@@ -1,24 +1,36 @@
-"""The config schema (structured, so typos and wrong types fail at once) and its checks.
+"""The config schema: structured, so a mistyped key or a wrong type fails at once.
 
-Groups with fixed keys (data, degradation, trainer, tracking, eval) are dataclasses here;
-groups that name a class (model, loss, optim) are checked against that class's keyword
-arguments, so the model's signature *is* its schema.
+Groups with fixed keys (data, degradation, trainer, tracking, eval, sweep) are dataclasses
+here; groups that name a class (model, loss, optim, sched) are checked against that class's
+keyword arguments (``config.validation``), so the model's signature is the schema of its keys.
+``DOMAINS`` says, once for every key of both kinds, which values it takes (type, range,
+choices, URI schemes).
 """
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING
 
-from sr_ablate import UserError
-from sr_ablate.degrade import KERNELS
+from sr_ablate.config.domain import (
+    BOOL,
+    DEPTH,
+    KERNEL,
+    PATH,
+    SCALE,
+    STEPS,
+    TEXT,
+    WIDTH,
+    Choice,
+    Domain,
+    Float,
+    Int,
+    ListOf,
+)
+from sr_ablate.core.degrade import KERNELS
+from sr_ablate.models.vgg19 import CONV_INDEX
 
 
 @dataclass
@@ -110,142 +122,118 @@ class RootConf:
 
 ConfigStore.instance().store(name="schema", node=RootConf)
 
-CHOICES = {"data.name": ("builtin", "folder"), "data.color": ("auto", "rgb", "y"),
-           "trainer.clip_mode": ("norm", "value", "adjustable"),
-           "trainer.precision": ("fp32", "bf16", "fp16"),
-           "degradation.name": KERNELS, "eval.protocol": ("modern", "classic"),
-           "eval.color": ("y", "rgb"), "eval.kernel": KERNELS, "eval.format": ("table", "json")}
-POSITIVE = ("scale", "trainer.steps", "trainer.batch_size", "trainer.patch_size",
-            "trainer.log_every", "sweep.workers")
 
+# ---------------------------------------------------------------------------------------------
+# Domains: what values each key takes, declared once. ``config.checks.check`` checks every
+# key of a composed config against its domain before anything runs (one ``error:`` line, no
+# MLflow run), and tests/test_config_domains.py feeds every key out-of-domain values and checks
+# that every key of every shipped config has a domain here.
+LOSS_WEIGHT = Float(0, 1000)
+VGG_LAYERS = Choice(*CONV_INDEX)
+# SQLAlchemy stores MLflow can track to (mysql+pymysql://... counts as mysql), its REST server,
+# and Databricks. Not a path or file:, MLflow's file store: MLflow 3 refuses to open it unless
+# opted in, and sweeps' parallel jobs cannot share it.
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql")  # Optuna's RDB storages
 
-def _target(node: DictConfig):
-    from hydra.utils import get_class
-    return get_class(node._target_)
-
-
-def _type_ok(value, annotation) -> bool:
-    if annotation is inspect.Parameter.empty or isinstance(annotation, str):
-        return True
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation in (bool, str):
-        return isinstance(value, annotation)
-    return True  # tensors, sequences...: leave to the class
-
-
-def check_target(group: str, node: DictConfig) -> None:
-    """Keys of a ``_target_`` node must be keyword arguments of the class, of the right type."""
-    cls = _target(node)
-    sig = inspect.signature(cls.__init__)
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # unresolvable annotations: check names only
-        hints = {}
-    valid = [n for n in sig.parameters if n not in ("self", "params", "args", "kwargs")]
-    for key in node:
-        if key.startswith("_"):
-            continue
-        if key not in valid:
-            raise UserError(f"{group}.{key} is not a setting of {cls.__name__}; "
-                            f"valid keys: {', '.join(valid)}")
-        value = node[key]
-        if not _type_ok(value, hints.get(key, sig.parameters[key].annotation)):
-            if group == "model" and key == "scale":  # a model/scale pair that cannot work
-                raise UserError(f"scale={value} does not suit {cls.__name__}, which takes whole "
-                                "scales; use scale=2, 3 or 4, or a model that takes fractional "
-                                "scales (model=espcn, srcnn, srcnn_rnn or vdsr)")
-            want = getattr(hints.get(key), "__name__", str(hints.get(key)))
-            raise UserError(f"{group}.{key}={value!r} has the wrong type; give a value of "
-                            f"type {want}")
-
-
-def check_model_builds(node: DictConfig) -> None:
-    """Build the model once (milliseconds): settings that cannot work together (SRResNet at
-    scale 5, an unknown upsampler) are found before any work, as one line."""
-    kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
-              if not k.startswith("_")}
-    import torch
-    try:
-        with torch.random.fork_rng(devices=[]):  # weight init must not move anyone's seed
-            _target(node)(**kwargs)
-    except (ValueError, TypeError) as e:
-        raise UserError(f"the model settings cannot work together: {e}; change model.* or "
-                        "scale (or pick another model=)") from None
-
-
-TARGETS = ("model", "loss", "optim", "sched")
-
-
-def check(cfg: DictConfig, targets: tuple[str, ...] = TARGETS) -> None:
-    """Every check that can be made before any work starts; raises UserError (one line).
-    ``targets``: the class-valued groups to check against their constructors (the evaluate
-    command, which builds no training objects, checks none)."""
-    for key, allowed in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in allowed:
-            raise UserError(f"{key}={value!r} is not valid; use one of: {', '.join(allowed)}")
-    for key in POSITIVE:
-        if OmegaConf.select(cfg, key) <= 0:
-            raise UserError(f"{key}={OmegaConf.select(cfg, key)} must be positive")
-    for group in targets:
-        if cfg[group].get("_target_"):
-            check_target(group, cfg[group])
-    if "model" in targets:
-        check_model_builds(cfg.model)
-    lr = cfg.optim.get("lr")
-    if lr is not None and lr <= 0:
-        raise UserError(f"optim.lr={lr} must be positive")
-    if cfg.model.get("blocks") is not None and cfg.model.blocks < 1:
-        raise UserError(f"model.blocks={cfg.model.blocks} must be at least 1")
-    want = {"y": 1, "rgb": 3}.get(cfg.data.color, cfg.model.get("in_channels", 3))
-    if cfg.model.get("in_channels", want) != want:
-        raise UserError(f"model.in_channels={cfg.model.in_channels} but data.color="
-                        f"{cfg.data.color} gives {want} channel(s); set model.in_channels={want}")
-    if cfg.eval.tile < 0:
-        raise UserError(f"eval.tile={cfg.eval.tile} must be 0 (whole images) or a tile size")
-    if len(cfg.eval.frame) != 2 or min(cfg.eval.frame) <= 0:
-        raise UserError(f"eval.frame={list(cfg.eval.frame)} must be [height, width]")
-    if cfg.eval.color == "rgb" and want == 1:
-        raise UserError("eval.color=rgb needs an RGB model; use eval.color=y with data.color=y")
-    if min(list(cfg.trainer.scales) or [1]) <= 0 or min(list(cfg.eval.scales) or [1]) <= 0:
-        raise UserError("trainer.scales and eval.scales must hold positive scales")
-    if cfg.data.name == "folder" and not cfg.data.root:
-        raise UserError("data=folder needs data.root; pass data.root=<folder of HR images>")
-
-
-def flatten(cfg: DictConfig | dict, prefix: str = "", private: bool = False) -> dict[str, Any]:
-    """Resolved config as {"model.blocks": 16, ...}; keys starting with '_' (``_target_``)
-    are left out unless ``private``."""
-    node = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    out: dict[str, Any] = {}
-    for k, v in node.items():
-        if str(k).startswith("_") and not private:
-            continue
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + ".", private))
-        else:
-            out[key] = v
-    return out
-
-
-# Settings that say where or how a run is launched and shown, not what it computes.
-NOT_HASHED = ("resume", "tracking.", "sweep.", "trainer.progress", "trainer.device", "eval.format",
-              "eval.data")
-
-
-def config_hash(cfg: DictConfig) -> str:
-    """A 16-hex-digit hash of the resolved configuration: equal hashes mean the same run
-    (same model, data, budget, seed, evaluation), wherever and however it was launched."""
-    flat = {k: v for k, v in flatten(cfg, private=True).items()  # _target_ names the class
-            if not k.startswith(NOT_HASHED)}
-    text = json.dumps(flat, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+DOMAINS: dict[str, Domain] = {
+    # data, degradation
+    "data.name": Choice("builtin", "folder"),
+    "data.root": PATH,
+    "data.val_root": PATH,
+    "data.val_count": Int(1, 10**6),
+    "data.color": Choice("auto", "rgb", "y"),
+    "degradation.name": Choice(*KERNELS),
+    "degradation.quantize": BOOL,
+    # trainer
+    "trainer.name": TEXT,
+    "trainer.steps": Int(1, STEPS),
+    "trainer.batch_size": Int(1, 4096),
+    "trainer.patch_size": Int(1, 1024),
+    "trainer.eval_every": Int(0, STEPS, fix=f"a whole number from 0 (at the end only) to {STEPS}"),
+    "trainer.log_every": Int(1, STEPS),
+    "trainer.grad_clip": Float(0, 1e6, low_open=True, null=True),
+    "trainer.clip_mode": Choice("norm", "value", "adjustable"),
+    "trainer.scales": ListOf(SCALE, fix="a list of scales > 1 and <= 8, or [] (train at scale)"),
+    "trainer.device": Domain("str", pattern=r"auto|cpu|cuda(:\d+)?|mps",
+                             fix="auto, cpu, cuda, cuda:N or mps"),
+    "trainer.progress": BOOL,
+    "trainer.precision": Choice("fp32", "bf16", "fp16"),
+    "trainer.channels_last": BOOL,
+    "trainer.compile": BOOL,
+    "trainer.checkpoint_every": Int(0, STEPS,
+                                    fix=f"a whole number from 0 (at every evaluation) to {STEPS}"),
+    # tracking
+    "tracking.uri": Domain("str", null=True, schemes=TRACKING_SCHEMES, noun="tracking URI",
+                           fix="sqlite:///mlflow.db (a database file), http://host:5000 (a "
+                               "tracking server), postgresql://, mysql://, mssql:// or "
+                               "databricks"),
+    "tracking.experiment": TEXT,
+    "tracking.checkpoint": BOOL,
+    "tracking.flush_timeout": Float(0, 1e6),
+    # eval
+    "eval.protocol": Choice("modern", "classic"),
+    "eval.color": Choice("y", "rgb"),
+    "eval.kernel": Choice(*KERNELS),
+    "eval.sets": ListOf(TEXT, fix="a list of set names or folders, e.g. [val,set5]"),
+    "eval.final_sets": ListOf(TEXT, fix="a list of set names or folders, e.g. [set5,set14]"),
+    "eval.root": PATH,
+    "eval.tile": Int(0, 16384, fix="0 (whole images) or a tile size from 1 to 16384"),
+    "eval.frame": ListOf(Int(1, 8192), length=2,
+                         fix="[height, width], each a whole number from 1 to 8192"),
+    "eval.scales": ListOf(SCALE, fix="a list of scales > 1 and <= 8, or []"),
+    "eval.data": PATH,
+    "eval.format": Choice("table", "json"),
+    # sweep
+    "sweep.force": BOOL,
+    "sweep.trials": Int(1, 10**6, null=True),
+    "sweep.storage": Domain("str", null=True, schemes=OPTUNA_SCHEMES, noun="database URL",
+                            fix="e.g. sqlite:///optuna.db or postgresql://user:password@host/db"),
+    "sweep.workers": Int(1, 1024),
+    # the root
+    "seed": Int(0, 2**32 - 1),
+    "scale": SCALE,
+    "study": Domain("str", null=True),
+    "variant": Domain("str", null=True),
+    "resume": BOOL,
+    # model.*: keyword arguments of the models in conf/model (whichever the chosen class takes)
+    "model.in_channels": Choice(1, 3, kind="int"),
+    "model.channels": WIDTH,
+    "model.mid_channels": WIDTH,
+    "model.blocks": DEPTH,
+    "model.steps": DEPTH,
+    "model.res_scale": Float(0, 1, low_open=True),
+    "model.scale": SCALE,
+    "model.act": Choice("tanh", "relu"),
+    "model.kernel_sizes": ListOf(KERNEL, length=3,
+                                 fix="three odd kernel sizes from 1 to 31, e.g. [9,5,5]"),
+    "model.head_kernel": KERNEL,
+    "model.residual": BOOL,
+    "model.global_skip": BOOL,
+    "model.bn": BOOL,
+    "model.upsampler": Choice("pixelshuffle", "bicubic"),
+    # loss.*: conf/loss (WeightedSum, VGGLoss)
+    "loss.l2": LOSS_WEIGHT,
+    "loss.l1": LOSS_WEIGHT,
+    "loss.vgg54": LOSS_WEIGHT,
+    "loss.vgg_layer": VGG_LAYERS,
+    "loss.vgg_after_relu": BOOL,
+    "loss.vgg_weights": PATH,
+    "loss.layer": VGG_LAYERS,
+    "loss.after_relu": BOOL,
+    "loss.weights": PATH,
+    "loss.weight": Float(0, 1000, low_open=True),
+    # optim.*: conf/optim (Adam, SGD). lr up to 1e6: a diverging run (lr 1e3 diverges at once)
+    # ends FAILED with its step, which the catalogue's row 52 keeps so
+    "optim.lr": Float(0, 1e6, low_open=True),
+    "optim.betas": ListOf(Float(0, 1, high_open=True), length=2,
+                          fix="two numbers >= 0 and < 1, e.g. [0.9,0.999]"),
+    "optim.eps": Float(0, 1, low_open=True),
+    "optim.weight_decay": Float(0, 1),
+    "optim.momentum": Float(0, 1, high_open=True),
+    # sched.*: conf/sched (CosineAnnealingLR, StepLR)
+    "sched.T_max": Int(1, STEPS),
+    "sched.eta_min": Float(0, 1e6),
+    "sched.step_size": Int(1, STEPS),
+    "sched.gamma": Float(0, 1, low_open=True),
+}

@@ -1,28 +1,46 @@
-"""Check command-line overrides before Hydra runs anything: one line per problem, no run.
+"""Checks before anything runs: one line per problem (``UserError``), no MLflow run.
 
-Every value of every swept override is composed once (the others at their first value),
-so ``model.blocks=8,abc`` fails before the first job starts.
+``validate`` composes every value of every swept override once (the others at their first
+value), so ``model.blocks=8,abc`` fails before the first job starts; ``check`` holds every
+check of a composed config (``config.checks``).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import MissingConfigException
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from sr_ablate import UserError
-from sr_ablate.config import TARGETS, check  # also registers the schema with Hydra's ConfigStore
+from sr_ablate.config import CONF_DIR
+from sr_ablate.config.checks import TARGETS, check, show_value
+from sr_ablate.config.schema import DOMAINS  # importing it registers the schema
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 # Hydra's own flags; with these we let Hydra answer (help, printing the config...).
 PASSTHROUGH = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--version",
                "--shell-completion", "-sc", "--resolve", "--package", "-p")
 
 
 def compose(overrides: list[str], hydra_config: bool = False) -> DictConfig:
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    """The config ``overrides`` compose to. The user's config folder (``sr-ablate
+    --config-dir DIR``, passed on as ``$SR_ABLATE_CONFIG_DIR``) is searched after the built-in
+    conf/, where Hydra's own ``--config-dir`` puts it in the run: DIR/model/mynet.yaml gives
+    ``model=mynet``; a built-in option of the same name wins."""
 
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    mine = os.environ.get("SR_ABLATE_CONFIG_DIR")
+    if mine:  # first in hydra.searchpath, before e.g. a sweep's generated variant folder
+        given = next((o for o in overrides if o.startswith("hydra.searchpath=")), None)
+        paths = [f"file://{Path(mine).resolve()}",
+                 *(OverridesParser.create().parse_override(given).value() if given else [])]
+        quoted = ", ".join("'" + p.replace("\\", "\\\\").replace("'", "\\'") + "'" for p in paths)
+        overrides = [o for o in overrides if o is not given] + [f"hydra.searchpath=[{quoted}]"]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return hydra_compose("config", overrides=overrides, return_hydra_config=hydra_config)
@@ -40,8 +58,6 @@ def group_choices(choices) -> dict[str, str]:
 def compose_job(overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
     """A job's config as Hydra would hand it over (no ``hydra`` node), and its config group
     choices, for jobs run outside ``@hydra.main``."""
-    from omegaconf import open_dict
-
     cfg = compose(overrides, hydra_config=True)
     choices = group_choices(cfg.hydra.runtime.choices)
     with open_dict(cfg):
@@ -51,8 +67,6 @@ def compose_job(overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
 
 def _explain(error: Exception, override: str, choices: list[str]) -> str:
     """One line for a composition error, naming the key and the fix."""
-    from hydra.errors import MissingConfigException
-
     key = override.split("=", 1)[0].lstrip("+~")
     if isinstance(error, MissingConfigException):
         group = key.split("/")[0]
@@ -70,6 +84,8 @@ def _explain(error: Exception, override: str, choices: list[str]) -> str:
         return f"unknown setting '{key}'; valid keys in {where}: {', '.join(map(str, valid))}"
     if isinstance(cause, OmegaConfBaseException):
         first = str(cause).splitlines()[0]
+        if key in DOMAINS:
+            return f"{override}: {first}; use {DOMAINS[key].describe()}"
         return f"{override}: {first}; give a value of the right type for {key}"
     return f"{override}: {text}"
 
@@ -97,6 +113,26 @@ def _expand(overrides: list[str]) -> list[list[str]]:
     return combos
 
 
+LOCAL_LAUNCHERS = ("basic", "joblib")
+
+
+def check_typed(overrides: list[str]) -> None:
+    """Values as typed, for what composing would hide: OmegaConf turns 2, 0 or yes into a
+    bool (``degradation.quantize=2`` would run as true)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for o in OverridesParser.create().parse_overrides(overrides):
+        domain = DOMAINS.get(o.key_or_group)
+        if domain is None or domain.kind != "bool" or o.type.name == "DEL":
+            continue
+        value = o.value()
+        if isinstance(value, bool) or (value is None and domain.null) or \
+                (isinstance(value, str) and value.lower() in ("true", "false")):
+            continue
+        raise UserError(f"{o.key_or_group}={show_value(value)} has the wrong type; use "
+                        f"{domain.describe()}")
+
+
 def validate(argv: list[str], targets: tuple[str, ...] = TARGETS) -> DictConfig | None:
     """Compose and check the config(s) named by ``argv``; returns the first, or None when
     ``argv`` asks Hydra for help/printing. Raises UserError with a one-line message.
@@ -105,8 +141,12 @@ def validate(argv: list[str], targets: tuple[str, ...] = TARGETS) -> DictConfig 
         return None
     overrides = [a for a in argv if not a.startswith("-")
                  and not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    # jobs sent to a cluster (hydra/launcher=slurm) run on its machines, not on this one
+    here = not any(a.startswith("hydra/launcher=") and a.split("=", 1)[1] not in LOCAL_LAUNCHERS
+                   for a in argv)
     first = None
     for combo in _expand(overrides):
+        check_typed(combo)
         try:
             cfg = compose(combo)
         except Exception as e:
@@ -114,7 +154,7 @@ def validate(argv: list[str], targets: tuple[str, ...] = TARGETS) -> DictConfig 
             choices = [o for o in combo if "." not in o.split("=")[0] and o != bad]
             raise UserError(_explain(e if bad is None else _error_of(bad, choices), bad or
                                      " ".join(combo), choices)) from None
-        check(cfg, targets)
+        check(cfg, targets, here)
         first = first or cfg
     return first
 

@@ -43,6 +43,11 @@ class EDSR(nn.Module):
     def __init__(self, in_channels: int = 3, channels: int = 64, blocks: int = 16,
                  res_scale: float = 1.0, scale: int = 2):
         super().__init__()
+        for name, n in (("in_channels", in_channels), ("channels", channels), ("blocks", blocks)):
+            if n < 1:
+                raise ValueError(f"EDSR needs {name} >= 1, got {n}")
+        if not 0 < res_scale <= 1:
+            raise ValueError(f"EDSR needs 0 < res_scale <= 1, got {res_scale}")
         if scale not in (2, 3, 4):
             raise ValueError(f"EDSR supports scale 2, 3 or 4, got {scale}")
         self.in_channels, self.scale = in_channels, int(scale)

@@ -1,6 +1,7 @@
 """ESPCN (Shi et al. 2016): features on the LR grid, then depth-to-space; also rational scales."""
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import torch
@@ -34,6 +35,12 @@ class ESPCN(nn.Module):
         acts = {"tanh": nn.Tanh, "relu": nn.ReLU}
         if act not in acts:
             raise ValueError(f"act must be 'tanh' or 'relu', got {act!r}")
+        for name, n in (("in_channels", in_channels), ("channels", channels),
+                        ("mid_channels", mid_channels)):
+            if n < 1:
+                raise ValueError(f"ESPCN needs {name} >= 1, got {n}")
+        if not math.isfinite(scale):
+            raise ValueError(f"ESPCN needs a finite scale, got {scale}")
         ratio = Fraction(scale).limit_denominator(8)
         if ratio < 1 or abs(float(ratio) - scale) > 1e-9:
             raise ValueError(f"ESPCN needs a scale >= 1 that is an integer or a ratio p/q with "

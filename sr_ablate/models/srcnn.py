@@ -1,6 +1,8 @@
 """SRCNN (Dong et al. 2014/2016): three convolutions on the bicubic-enlarged image."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -30,6 +32,15 @@ class SRCNN(nn.Module):
                  kernel_sizes: list[int] = [9, 5, 5], residual: bool = False,  # noqa: B006
                  scale: float = 2):
         super().__init__()
+        for name, n in (("in_channels", in_channels), ("channels", channels),
+                        ("mid_channels", mid_channels)):
+            if n < 1:
+                raise ValueError(f"SRCNN needs {name} >= 1, got {n}")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"SRCNN needs a positive, finite scale, got {scale}")
+        if any(v != int(v) for v in kernel_sizes):
+            raise ValueError(f"SRCNN needs whole kernel sizes, e.g. [9, 5, 5]; got "
+                             f"{list(kernel_sizes)}")
         k = tuple(int(v) for v in kernel_sizes)
         if len(k) != 3 or any(v < 1 or v % 2 == 0 for v in k):
             raise ValueError(f"SRCNN needs three odd kernel sizes, e.g. [9, 5, 5]; got {list(k)}")

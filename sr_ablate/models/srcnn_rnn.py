@@ -1,6 +1,8 @@
 """Recurrent SRCNN: one convolutional recurrence, unrolled for a fixed number of steps."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -28,8 +30,11 @@ class SRCNNRNN(nn.Module):
     def __init__(self, in_channels: int = 1, channels: int = 32, steps: int = 4,
                  residual: bool = True, scale: float = 2):
         super().__init__()
-        if steps < 1:
-            raise ValueError(f"SRCNNRNN needs steps >= 1, got {steps}")
+        for name, n in (("in_channels", in_channels), ("channels", channels), ("steps", steps)):
+            if n < 1:
+                raise ValueError(f"SRCNNRNN needs {name} >= 1, got {n}")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"SRCNNRNN needs a positive, finite scale, got {scale}")
         self.in_channels, self.scale = in_channels, scale
         self.steps, self.residual = steps, residual
         self.w_x = nn.Conv2d(in_channels, channels, 3, padding=1)  # carries the bias b

@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 class ResidualBlock(nn.Module):
@@ -48,6 +48,12 @@ class SRResNet(nn.Module):
             raise ValueError(f"upsampler must be 'pixelshuffle' or 'bicubic', got {upsampler!r}")
         if scale not in (2, 3, 4):
             raise ValueError(f"SRResNet supports scale 2, 3 or 4, got {scale}")
+        for name, n in (("in_channels", in_channels), ("channels", channels), ("blocks", blocks)):
+            if n < 1:
+                raise ValueError(f"SRResNet needs {name} >= 1, got {n}")
+        if head_kernel < 1 or head_kernel % 2 == 0:
+            raise ValueError(f"SRResNet needs an odd head_kernel (the output keeps the input's "
+                             f"size), e.g. 3 or 9; got {head_kernel}")
         self.in_channels, self.scale = in_channels, scale
         self.global_skip, self.upsampler = global_skip, upsampler
         pad = head_kernel // 2

@@ -1,6 +1,8 @@
 """VDSR (Kim et al. 2016): a deep plain 3x3 conv net learning the residual over bicubic."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -30,6 +32,11 @@ class VDSR(nn.Module):
         super().__init__()
         if blocks < 1:
             raise ValueError(f"VDSR needs blocks >= 1 conv layers, got {blocks}")
+        for name, n in (("in_channels", in_channels), ("channels", channels)):
+            if n < 1:
+                raise ValueError(f"VDSR needs {name} >= 1, got {n}")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"VDSR needs a positive, finite scale, got {scale}")
         self.in_channels, self.scale, self.residual = in_channels, scale, residual
         widths = [in_channels] + [channels] * (blocks - 1) + [in_channels]
         layers: list[nn.Module] = []

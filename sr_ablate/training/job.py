@@ -19,8 +19,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from sr_ablate import UserError, tracking
+from sr_ablate.config.checks import check
 from sr_ablate.config.hashing import config_hash, flatten
-from sr_ablate.config.validation import check
 from sr_ablate.core.evaluate import Evaluator, Protocol, files_sha256, fingerprint, model_channels
 from sr_ablate.data import images, pairs, sampler, sets
 from sr_ablate.training import checkpoint

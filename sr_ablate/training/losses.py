@@ -9,84 +9,25 @@ torchvision itself is not needed. Never random weights: a missing file is a User
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sr_ablate import UserError
-
-VGG19_FILE = "vgg19-dcbb9e9d.pth"
-VGG19_URL = f"https://download.pytorch.org/models/{VGG19_FILE}"
-# torchvision's cfgs["E"]: conv3x3 widths, "M" = MaxPool2d(2, 2)
-VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-             512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _conv_indices() -> dict[str, int]:
-    """{"conv1_1": 0, "conv1_2": 2, ..., "conv5_4": 34}: index of each conv in ``features``."""
-    out, index, block, conv = {}, 0, 1, 1
-    for v in VGG19_CFG:
-        if v == "M":
-            index, block, conv = index + 1, block + 1, 1
-        else:
-            out[f"conv{block}_{conv}"] = index
-            index, conv = index + 2, conv + 1  # conv, ReLU
-    return out
+from sr_ablate.core.digest import sha256_file
+from sr_ablate.models.vgg19 import (
+    CONV_INDEX,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VGG19_FILE,
+    VGG19_URL,
+    VGG19Features,
+)
 
 
-CONV_INDEX = _conv_indices()
-
-
-class VGG19Features(nn.Sequential):
-    """torchvision's ``vgg19().features`` cut after ``depth`` layers, same module indices.
-
-    Index 34 is conv5_4 and 35 its ReLU, so ``depth=35`` ends before that ReLU and ``depth=36``
-    after it. Frozen (no gradients to its parameters) and always in eval mode.
-    """
-
-    def __init__(self, depth: int = 36):
-        layers: list[nn.Module] = []
-        in_ch = 3
-        for v in VGG19_CFG:
-            if v == "M":
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-            else:
-                layers += [nn.Conv2d(in_ch, v, kernel_size=3, padding=1), nn.ReLU(inplace=False)]
-                in_ch = v
-        super().__init__(*layers[:depth])
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True) -> VGG19Features:
-        return super().train(False)
-
-    def load_torchvision(self, state: dict, source: str) -> None:
-        """Load the ``features.*`` entries of a torchvision VGG19 state dict (others ignored)."""
-        own = self.state_dict()
-        picked = {k: state.get(f"features.{k}") for k in own}
-        bad = [k for k, v in picked.items()
-               if not isinstance(v, torch.Tensor) or v.shape != own[k].shape]
-        if bad:
-            raise UserError(f"{source} is not a torchvision VGG19 state dict (features.{bad[0]} "
-                            f"missing or of the wrong shape); use {VGG19_URL}")
-        self.load_state_dict(picked)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _weights_file(weights: Optional[str]) -> Path:
+def _weights_file(weights: str | None) -> Path:
     """The VGG19 weights file: ``weights``, else the torch hub cache (downloading when online)."""
     if weights is not None:
         path = Path(weights).expanduser()
@@ -128,11 +69,13 @@ class VGGLoss(nn.Module):
     """
 
     def __init__(self, layer: str = "conv5_4", after_relu: bool = False,
-                 weights: Optional[str] = None, weight: float = 1.0):
+                 weights: str | None = None, weight: float = 1.0):
         super().__init__()
         if layer not in CONV_INDEX:
             raise UserError(f"loss.layer={layer!r} is not a VGG19 conv layer; use one of: "
                             f"{', '.join(CONV_INDEX)}")
+        if not 0 < weight < float("inf"):  # NaN fails too
+            raise ValueError(f"VGGLoss needs a positive, finite weight, got {weight}")
         path = _weights_file(weights)
         try:
             state = torch.load(path, weights_only=True, map_location="cpu")
@@ -146,7 +89,7 @@ class VGGLoss(nn.Module):
         self.weight = weight
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.tags = {"loss.vgg_weights": str(path.absolute()), "loss.vgg_sha256": _sha256(path)}
+        self.tags = {"loss.vgg_weights": str(path.absolute()), "loss.vgg_sha256": sha256_file(path)}
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] -> (B, 512, H/16, W/16) for conv5_4."""
@@ -173,9 +116,12 @@ class WeightedSum(nn.Module):
 
     def __init__(self, l2: float = 0.0, l1: float = 0.0, vgg54: float = 0.0,
                  vgg_layer: str = "conv5_4", vgg_after_relu: bool = False,
-                 vgg_weights: Optional[str] = None):
+                 vgg_weights: str | None = None):
         super().__init__()
         given = {"l2": l2, "l1": l1, "vgg54": vgg54}
+        for name, w in given.items():
+            if not 0 <= w < float("inf"):  # NaN fails too
+                raise ValueError(f"WeightedSum needs a finite {name} weight >= 0, got {w}")
         self.term_weights = {k: float(w) for k, w in given.items() if w}
         if not self.term_weights:
             raise ValueError("WeightedSum needs at least one non-zero weight (l2, l1, vgg54)")
