@@ -18,15 +18,14 @@ from pathlib import Path
 
 import torch
 
-from sr_ablate import UserError
+from sr_ablate import UserError, tracking
+from sr_ablate.config.validation import validate
 from sr_ablate.training import checkpoint
+from sr_ablate.training.job import build_evaluators, instantiate_node, pick_device
 
 
 def load_model(spec: str, uri: str, scale: int, device) -> torch.nn.Module | None:
     """None for ``bicubic``; else the model of an MLflow run id / ``runs:/<id>`` / .pt file."""
-    from sr_ablate import tracking
-    from sr_ablate.training.job import instantiate_node
-
     if spec == "bicubic":
         return None
     if spec.endswith(".pt") or Path(spec).is_file():
@@ -56,8 +55,6 @@ def _from_checkpoint(path: Path, scale: int, device, instantiate_node) -> torch.
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sr_ablate.config.validation import validate
-    from sr_ablate.training.job import build_evaluators, pick_device
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
@@ -76,10 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         ev_cfg.sets = sets
         evaluators, tags = build_evaluators(ev_cfg, [cfg.scale], None)
         device = pick_device(cfg.trainer.device)
-        model = None
-        if spec != "bicubic":  # mlflow is imported only when a run is named
-            from sr_ablate import tracking
-            model = load_model(spec, tracking.store_uri(cfg.tracking.uri), cfg.scale, device)
+        model = None if spec == "bicubic" else load_model(
+            spec, tracking.store_uri(cfg.tracking.uri), cfg.scale, device)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

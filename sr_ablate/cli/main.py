@@ -14,6 +14,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import yaml
+
 from sr_ablate import __version__
 from sr_ablate.config import CONF_DIR, SWEEPS_DIR
 
@@ -33,7 +35,6 @@ def _options(folder: Path) -> list[str]:
 
 def _defaults(conf: Path) -> dict[str, str]:
     """{group: default option} from the primary config's defaults list."""
-    import yaml
 
     try:
         doc = yaml.safe_load((conf / "config.yaml").read_text()) or {}

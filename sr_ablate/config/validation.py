@@ -12,6 +12,7 @@ from pathlib import Path
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -31,8 +32,6 @@ def compose(overrides: list[str], hydra_config: bool = False) -> DictConfig:
     --config-dir DIR``, passed on as ``$SR_ABLATE_CONFIG_DIR``) is searched after the built-in
     conf/, where Hydra's own ``--config-dir`` puts it in the run: DIR/model/mynet.yaml gives
     ``model=mynet``; a built-in option of the same name wins."""
-
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     mine = os.environ.get("SR_ABLATE_CONFIG_DIR")
     if mine:  # first in hydra.searchpath, before e.g. a sweep's generated variant folder
@@ -92,8 +91,6 @@ def _explain(error: Exception, override: str, choices: list[str]) -> str:
 
 def _expand(overrides: list[str]) -> list[list[str]]:
     """Override lists to compose: first values everywhere, then each other value once."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as e:  # hydra's OverrideParseException
@@ -119,8 +116,6 @@ LOCAL_LAUNCHERS = ("basic", "joblib")
 def check_typed(overrides: list[str]) -> None:
     """Values as typed, for what composing would hide: OmegaConf turns 2, 0 or yes into a
     bool (``degradation.quantize=2`` would run as true)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     for o in OverridesParser.create().parse_overrides(overrides):
         domain = DOMAINS.get(o.key_or_group)
         if domain is None or domain.kind != "bool" or o.type.name == "DEL":

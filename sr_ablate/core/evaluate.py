@@ -32,6 +32,7 @@ import torch
 from sr_ablate.core.degrade import bicubic_up, downscale, to_uint8, upsampled_input
 from sr_ablate.core.digest import sha256_file
 from sr_ablate.core.metrics import LUMA, YCBCR, YCBCR_OFFSET, psnr, rgb_to_y, shave, ssim
+from sr_ablate.core.tiling import tiled_forward
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,6 @@ def super_resolve(model: torch.nn.Module, lq: torch.Tensor, scale: float,
         x = upsampled_input(x, scale, quantize)
     x = (x / 255).float().unsqueeze(0).to(device)
     if tile:
-        from sr_ablate.core.tiling import tiled_forward
         out = tiled_forward(model, x, tile)[0]
     else:
         out = model(x)[0]

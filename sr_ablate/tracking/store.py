@@ -20,7 +20,7 @@ from pathlib import Path
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag  # noqa: F401 (for runs.py)
-from mlflow.exceptions import MlflowException  # noqa: F401 (for runs.py, queries.py)
+from mlflow.exceptions import MlflowException, RestException  # noqa: F401 (for runs.py, queries.py)
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # noqa: F401
 
@@ -94,7 +94,6 @@ def client_for(uri: str) -> MlflowClient:
 def transient(error: Exception) -> bool:
     """True for a tracking server that does not answer (connection refused, timeout, 5xx),
     false for one that answers with a refusal (bad request, no such run)."""
-    from mlflow.exceptions import RestException
     if isinstance(error, RestException):
         return error.error_code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE")
     return isinstance(error, (mlflow.exceptions.MlflowException, OSError))
