@@ -129,3 +129,12 @@ def mlflow_server(tmp_path):
         yield server
     finally:
         server.stop()
+
+
+# A model option of a user's own config folder (``--config-dir``): SRResNet, small.
+MYNET_YAML = """\
+_target_: sr_ablate.models.SRResNet
+channels: 8
+blocks: 1
+scale: ${scale}
+"""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, TINY, cli
+from conftest import MYNET_YAML, REPO, TINY, cli
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -180,13 +180,7 @@ def test_help_lists_the_options_of_the_users_config_folder(mine, capsys):
 
 # --- the user's config folder and sweep file ------------------------------------------------
 
-MYNET = """\
-# a model option of the user's own: SRResNet, small
-_target_: sr_ablate.models.SRResNet
-channels: 8
-blocks: 1
-scale: ${scale}
-"""
+MYNET = MYNET_YAML  # a model option of the user's own: SRResNet, small
 TINY_TRAINER = """\
 name: tiny
 steps: 2

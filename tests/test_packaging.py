@@ -19,16 +19,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import MYNET_YAML, REPO
 from mlflow.tracking import MlflowClient
 
 # the user's own config folder and sweep file
-MYNET = """\
-_target_: sr_ablate.models.SRResNet
-channels: 8
-blocks: 1
-scale: ${scale}
-"""
+MYNET = MYNET_YAML
 STUDY = """\
 study: mine
 overrides: [trainer=smoke, trainer.progress=false]
