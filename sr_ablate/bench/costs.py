@@ -149,7 +149,7 @@ def table(header: list[str], rows: list[list]) -> str:
 def data_folder(given: str | None) -> Path:
     if given or os.environ.get("SR_ABLATE_DATA"):
         return Path(given or os.environ["SR_ABLATE_DATA"]).expanduser()
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(__file__).resolve().parents[3] / "shared" / "data"  # <repo>/../shared/data
 
 
 def evaluation(given: str | None) -> str:
