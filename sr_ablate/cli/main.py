@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from sr_ablate import __version__
-from sr_ablate.config import CONF_DIR, SWEEPS_DIR
+from sr_ablate import UserError, __version__
+from sr_ablate.config import CONF_DIR, SWEEPS_DIR, split_config_dir
 
 COMMANDS = {
     "evaluate": ("sr_ablate.cli.evaluate", "score bicubic or a trained run on any set and scale"),
@@ -35,7 +35,6 @@ def _options(folder: Path) -> list[str]:
 
 def _defaults(conf: Path) -> dict[str, str]:
     """{group: default option} from the primary config's defaults list."""
-
     try:
         doc = yaml.safe_load((conf / "config.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
@@ -108,12 +107,10 @@ def help_text(config_dir: str | Path | None = None) -> str:
 
 def _config_dir(argv: list[str]) -> str | None:
     """The ``--config-dir``/``-cd`` folder named in ``argv``, for the help (else None)."""
-    for i, a in enumerate(argv):
-        if a.startswith("--config-dir="):
-            return a.split("=", 1)[1]
-        if a in ("--config-dir", "-cd") and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
+    try:
+        return split_config_dir(argv)[1]
+    except UserError:  # a flag without its folder: the help is shown all the same
+        return None
 
 
 def _command(name: str, argv: list[str]) -> int:

@@ -29,7 +29,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 
 from sr_ablate import UserError
-from sr_ablate.config import CONF_DIR, CONFIG_DIR_ENV, validation
+from sr_ablate.config import CONF_DIR, CONFIG_DIR_ENV, split_config_dir, validation
 from sr_ablate.config.hashing import config_hash
 from sr_ablate.sweeps import grid, resources
 from sr_ablate.training import clock, summary
@@ -178,20 +178,7 @@ def config_dir_option(argv: list[str]) -> tuple[list[str], str | None]:
     """``argv`` without ``--config-dir DIR`` / ``--config-dir=DIR`` / ``-cd DIR``, and the
     folder as an absolute path (the last one given, as Hydra takes it; else
     ``$SR_ABLATE_CONFIG_DIR``, else None). UserError when it is not a folder."""
-    rest, given, i = [], None, 0
-    while i < len(argv):
-        a = argv[i]
-        if a.startswith("--config-dir="):
-            given = a.split("=", 1)[1]
-        elif a in ("--config-dir", "-cd"):
-            if i + 1 == len(argv):
-                raise UserError(f"{a} needs a folder: {a} DIR (e.g. DIR/model/mynet.yaml "
-                                "gives model=mynet)")
-            given = argv[i + 1]
-            i += 1
-        else:
-            rest.append(a)
-        i += 1
+    rest, given = split_config_dir(argv)
     where = "--config-dir" if given is not None else f"${CONFIG_DIR_ENV}"
     given = given if given is not None else os.environ.get(CONFIG_DIR_ENV) or None
     if given is None:

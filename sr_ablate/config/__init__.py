@@ -7,6 +7,8 @@ finds them from any folder.
 import os
 from pathlib import Path
 
+from sr_ablate import UserError
+
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 CONF_DIR = str(RESOURCES / "conf")
 SWEEPS_DIR = RESOURCES / "sweeps"
@@ -19,3 +21,24 @@ def config_dirs() -> list[Path]:
     """The folders config groups are found in: the built-in conf/, then the user's, if set."""
     mine = os.environ.get(CONFIG_DIR_ENV)
     return [Path(CONF_DIR), *([Path(mine)] if mine else [])]
+
+
+def split_config_dir(argv: list[str]) -> tuple[list[str], str | None]:
+    """``argv`` without ``--config-dir DIR`` / ``--config-dir=DIR`` / ``-cd DIR``, and the
+    folder as typed (the last one given, as Hydra takes it; None if none). UserError when a
+    flag has no folder after it."""
+    rest, given, i = [], None, 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--config-dir="):
+            given = a.split("=", 1)[1]
+        elif a in ("--config-dir", "-cd"):
+            if i + 1 == len(argv):
+                raise UserError(f"{a} needs a folder: {a} DIR (e.g. DIR/model/mynet.yaml "
+                                "gives model=mynet)")
+            given = argv[i + 1]
+            i += 1
+        else:
+            rest.append(a)
+        i += 1
+    return rest, given

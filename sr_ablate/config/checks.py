@@ -24,6 +24,12 @@ def _target(node: DictConfig):
     return get_class(node._target_)
 
 
+def _kwargs(node: DictConfig) -> dict:
+    """The keyword arguments a ``_target_`` node passes to its class (resolved)."""
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
+            if not k.startswith("_")}
+
+
 def _type_ok(value, annotation) -> bool:
     if annotation is inspect.Parameter.empty or isinstance(annotation, str):
         return True
@@ -74,11 +80,9 @@ def check_model_builds(node: DictConfig) -> None:
     """Build the model once, on PyTorch's meta device (shapes only: no memory, milliseconds):
     settings that cannot work together (SRResNet at scale 5, an unknown upsampler) and models
     too big to hold are found before any work, as one line."""
-    kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
-              if not k.startswith("_")}
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            model = _target(node)(**kwargs)
+            model = _target(node)(**_kwargs(node))
     except (ValueError, TypeError) as e:
         raise UserError(f"the model settings cannot work together: {e}; change model.* or "
                         "scale (or pick another model=)") from None
@@ -99,10 +103,8 @@ def check_optim_builds(cfg: DictConfig) -> None:
         node = cfg[group]
         if not node.get("_target_"):
             continue
-        kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
-                  if not k.startswith("_")}
         try:
-            built = _target(node)([param] if group == "optim" else built, **kwargs)
+            built = _target(node)([param] if group == "optim" else built, **_kwargs(node))
         except (ValueError, TypeError) as e:
             raise UserError(f"the {group} settings cannot work together: {e}; change "
                             f"{group}.* (or pick another {group}=)") from None

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from sr_ablate import UserError
-from sr_ablate.config import CONF_DIR
+from sr_ablate.config import CONF_DIR, CONFIG_DIR_ENV
 from sr_ablate.config.checks import TARGETS, check, show_value
 from sr_ablate.config.schema import DOMAINS  # importing it registers the schema
 
@@ -32,8 +32,7 @@ def compose(overrides: list[str], hydra_config: bool = False) -> DictConfig:
     --config-dir DIR``, passed on as ``$SR_ABLATE_CONFIG_DIR``) is searched after the built-in
     conf/, where Hydra's own ``--config-dir`` puts it in the run: DIR/model/mynet.yaml gives
     ``model=mynet``; a built-in option of the same name wins."""
-
-    mine = os.environ.get("SR_ABLATE_CONFIG_DIR")
+    mine = os.environ.get(CONFIG_DIR_ENV)
     if mine:  # first in hydra.searchpath, before e.g. a sweep's generated variant folder
         given = next((o for o in overrides if o.startswith("hydra.searchpath=")), None)
         paths = [f"file://{Path(mine).resolve()}",
