@@ -138,3 +138,24 @@ channels: 8
 blocks: 1
 scale: ${scale}
 """
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """One tiny finished run (SRResNet x2 RGB, trainer=smoke) in its own sqlite store, shared
+    by the tests that use a trained model: SimpleNamespace(cwd, uri, run_id, weights), where
+    ``weights`` is the run's final.pt downloaded from MLflow."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from sr_ablate.config.validation import compose as _compose
+    from sr_ablate.training.job import run_job
+    cwd = tmp_path_factory.mktemp("trained_run")
+    uri = f"sqlite:///{cwd / 'mlflow.db'}"
+    run_job(_compose(TINY + [f"tracking.uri={uri}"]), cwd=str(cwd))
+    client = MlflowClient(uri)
+    (r,) = client.search_runs([client.get_experiment_by_name("sr_ablate").experiment_id])
+    weights = Path(client.download_artifacts(r.info.run_id, "checkpoints/final.pt",
+                                             str(cwd)))
+    return SimpleNamespace(cwd=cwd, uri=uri, run_id=r.info.run_id, weights=weights)

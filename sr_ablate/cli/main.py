@@ -2,7 +2,7 @@
 
     sr-ablate [overrides]             train one configuration (``cli.train``)
     sr-ablate -m key=a,b ...          a sweep; sweep=<name | file.yaml> runs a study
-    sr-ablate evaluate|report|download|bench ...
+    sr-ablate upscale|export|evaluate|report|download|bench ...
 
 ``main`` returns the exit status (the ``sr-ablate`` console script exits with it).
 """
@@ -20,6 +20,8 @@ from sr_ablate import UserError, __version__
 from sr_ablate.config import CONF_DIR, SWEEPS_DIR, split_config_dir
 
 COMMANDS = {
+    "upscale": ("sr_ablate.cli.upscale", "upscale images, folders and video with a trained run"),
+    "export": ("sr_ablate.cli.export", "export a trained run's model (ONNX) for deployment"),
     "evaluate": ("sr_ablate.cli.evaluate", "score bicubic or a trained run on any set and scale"),
     "report": ("sr_ablate.cli.report", "result tables, verdicts and plots from the MLflow runs"),
     "download": ("sr_ablate.cli.download", "fetch Set5, Set14, B100, Urban100, DIV2K (HR)"),

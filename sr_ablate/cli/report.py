@@ -4,6 +4,11 @@ the runs in MLflow.
 Writes ``reports/<name>/``: ``results.{md,csv,tex}``, a self-contained ``index.html`` and the
 plots, one table per evaluation protocol and model family, with the verdict of every
 comparison with the baseline (see docs/protocol.md#statistics).
+
+``--register NAME --metric set5/psnr``: the finished run of the experiment or sweep that is
+best by that metric becomes a new version of the registered model NAME, with the alias
+``best`` (``sr-ablate upscale model=models:/NAME@best``); the version is tagged with the
+metric that chose it and its value.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sr_ablate import tracking
+from sr_ablate import UserError, tracking
 from sr_ablate.report import artifacts, html
 from sr_ablate.report.build import (
     baseline_of,
@@ -24,6 +29,7 @@ from sr_ablate.report.build import (
     select,
     write,
 )
+from sr_ablate.tracking import models
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="reports", help="output folder (default: reports)")
     ap.add_argument("--baseline", default=None, help="baseline variant: a variant name or "
                     "key=value[,key=value] (default: the sweep file's 'baseline')")
+    ap.add_argument("--register", metavar="NAME", default=None, help="register the best run's "
+                    "MLflow Model as NAME, alias @best (needs --metric)")
+    ap.add_argument("--metric", default=None, help="what --register chooses by, e.g. "
+                    "set5/psnr (highest wins; lowest for --lowest)")
+    ap.add_argument("--lowest", action="store_true", help="--metric: lower is better "
+                    "(a loss, ms per frame)")
     args = ap.parse_args(argv)
+    if args.register and (not args.metric or len(args.names) > 1):
+        print("error: --register needs --metric <key> (e.g. set5/psnr) and at most one "
+              "experiment or sweep id", file=sys.stderr)
+        return 2
     uri = tracking.store_uri(args.uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         print(f"error: no MLflow store at {uri}; run `python -m sr_ablate` first or pass --uri",
@@ -71,7 +87,29 @@ def main(argv: list[str] | None = None) -> int:
                   failures=failures_of(parents, sub, name))
         (out / ".runs").write_text(stamp)
         print(f"{out / 'results.md'}\n{(out / 'results.md').read_text()}")
+    if args.register:
+        try:
+            print(_register(uri, select(runs, names[0], parents), names[0], args))
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     return 0
+
+
+def _register(uri: str, runs: pd.DataFrame, name: str, args) -> str:
+    """Register the best finished run of ``runs`` by ``args.metric``; the line saying so."""
+    metric = args.metric
+    done = runs[runs["status"] == "FINISHED"]
+    if metric not in done or done[metric].isna().all():
+        keys = sorted(c for c in done.columns if "/" in c and not c.startswith("tag:"))
+        raise UserError(f"no finished run of {name} has the metric {metric!r}; choose one of "
+                        f"{', '.join(k for k in keys if k.endswith(('psnr', 'ssim')))}")
+    scored = done.dropna(subset=[metric])
+    best = scored.loc[scored[metric].idxmin() if args.lowest else scored[metric].idxmax()]
+    version = models.register(uri, best["run_id"], args.register, metric, best[metric])
+    return (f"registered run {best['run_id']} as models:/{args.register}/{version} "
+            f"(@{models.ALIAS}): {'lowest' if args.lowest else 'highest'} {metric} = "
+            f"{best[metric]:.4f} of {len(scored)} finished runs of {name}")
 
 
 def _parse_baseline(text: str | None) -> dict | None:

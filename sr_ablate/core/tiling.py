@@ -172,3 +172,30 @@ def tiled_forward(model: nn.Module, x: torch.Tensor, tile: int,
             out[..., oy:oy + y.shape[-2], ox:ox + y.shape[-1]] = y
             end_y, end_x = max(end_y, oy + y.shape[-2]), max(end_x, ox + y.shape[-1])
     return out[..., :end_y, :end_x]
+
+
+def bytes_per_input_pixel(model: nn.Module, in_channels: int = 3, side: int = 24) -> float:
+    """Memory one forward pass (no grad) takes per input pixel, measured on a (1, in_channels,
+    side, side) probe: three times the largest module output (a layer's input, its output
+    and a skip connection alive at once) plus the model output, in the model's dtype.
+    What ``upscale`` compares with the free memory to decide whether to tile."""
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    side = side // _period(_out_scale(model)) * _period(_out_scale(model))
+    largest = [0]
+
+    def hook(module, args, out):
+        if isinstance(out, torch.Tensor):
+            largest[0] = max(largest[0], out.numel())
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, in_channels, side, side, dtype=dtype,
+                                    device=_device(model, "cpu")))
+    finally:
+        for h in handles:
+            h.remove()
+    size = torch.finfo(dtype).bits // 8
+    return (3 * largest[0] + out.numel()) * size / side ** 2

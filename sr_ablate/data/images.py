@@ -19,7 +19,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".p
 _decoded: dict[tuple, torch.Tensor] = {}
 
 
-def _not_8bit(im: Image.Image) -> str | None:
+def not_8bit(im: Image.Image) -> str | None:
     """'16-bit RGB', 'float gray' ... for a file (opened, not yet loaded) whose samples are
     not 8-bit, else None. Pillow opens 16-bit RGB(A) PNG, TIFF and PPM files as 8-bit RGB(A),
     dropping the low byte without a word; the undecoded tiles still say so."""
@@ -51,7 +51,7 @@ def read_image(path: Path, color: str = "rgb") -> torch.Tensor:
         if key in _decoded:
             return _decoded[key]
         with Image.open(path) as im:
-            deep = _not_8bit(im)
+            deep = not_8bit(im)
             if deep:
                 raise UserError(f"{path} is a {deep} image and sr_ablate reads 8-bit images "
                                 "only; convert it to 8-bit RGB or gray, or remove it from the "

@@ -21,7 +21,10 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import Metric, Param, RunTag  # noqa: F401 (for runs.py)
 from mlflow.exceptions import MlflowException, RestException  # noqa: F401 (for runs.py, queries.py)
+from mlflow.models.signature import ModelSignature  # noqa: F401 (for models.py)
+from mlflow.pyfunc import PythonModel, save_model  # noqa: F401 (for models.py)
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Schema, TensorSpec  # noqa: F401 (for models.py)
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # noqa: F401
 
 from sr_ablate import UserError
@@ -29,6 +32,9 @@ from sr_ablate import UserError
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reports fetch many
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter about table creation
 logging.getLogger("alembic").setLevel(logging.WARNING)
+# a model object is pickled by reference to its class in sr_ablate (nothing of ours runs
+# from the pickle that the installed package does not hold): no warning per run
+logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
 
 def store_uri(uri: str | None, cwd: str | Path | None = None) -> str:
     """The tracking URI: ``uri`` if set, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db.

@@ -14,6 +14,8 @@ from PIL import Image
 from sr_ablate.core import complexity
 from sr_ablate.core.degrade import bicubic_up, crop_multiple, to_uint8
 from sr_ablate.core.evaluate import Evaluator, colorize_y, model_channels, model_input
+from sr_ablate.inference.trained import Trained
+from sr_ablate.tracking.models import log_model
 from sr_ablate.training import checkpoint
 
 
@@ -45,7 +47,9 @@ def save_png(img: torch.Tensor, path: Path) -> None:
 
 
 def log_outputs(log, cfg: DictConfig, model, evaluators: list[Evaluator], steps: int) -> None:
-    """Artifacts: resolved config, per-image metrics, comparison image, final checkpoint."""
+    """Artifacts: resolved config, per-image metrics, comparison image, and (unless
+    ``tracking.checkpoint=false``) the final weights, as ``checkpoints/final.pt`` and as the
+    MLflow Model ``model``."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -61,6 +65,10 @@ def log_outputs(log, cfg: DictConfig, model, evaluators: list[Evaluator], steps:
             checkpoint.save_atomic({"model": model.state_dict(), "config": OmegaConf.to_container(
                 cfg, resolve=True), "step": steps}, tmp / "final.pt")
             log.log_artifact(tmp / "final.pt", "checkpoints")
+            # the same weights as an MLflow Model: load_model("runs:/<id>/model"), serving
+            log_model(log, tmp / "final.pt", Trained(
+                model, cfg.scale, model_channels(model),
+                bool(getattr(model, "upsampled_input", False)), {}, log.run_id))
 
 
 def complexity_metrics(model, cfg: DictConfig, device) -> tuple[dict[str, float], dict[str, str]]:

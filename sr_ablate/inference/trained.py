@@ -1,0 +1,85 @@
+"""A trained model as a weights file holds it: the network, its scale and its colour mode.
+
+The file is a run's ``final.pt`` (``{"model": state_dict, "config": resolved config,
+"step": n}``), also what every run's MLflow Model carries. The network is built from the
+config's ``model`` node by importing its ``_target_`` and calling it with the node's keys, so
+loading needs neither Hydra nor any config file.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sr_ablate import UserError
+from sr_ablate.core.evaluate import model_channels
+
+
+@dataclass
+class Trained:
+    """``model`` in eval mode, on the CPU until moved; it maps (B, channels, h, w) in [0, 1]
+    to (B, channels, h*scale, w*scale) ([0, 1] intended; not clamped), or takes the
+    bicubic-enlarged image when ``upsampled_input``."""
+    model: nn.Module
+    scale: float
+    channels: int          # 3: RGB model; 1: Y-channel model (luma of BT.601)
+    upsampled_input: bool  # SRCNN, VDSR: the input is the MATLAB-bicubic enlarged LR
+    config: dict           # the run's resolved config
+    source: str            # where it came from (file, run id, registry URI), for messages
+
+    @property
+    def color(self) -> str:
+        return "y" if self.channels == 1 else "rgb"
+
+    def to(self, device) -> Trained:
+        self.model.to(device)
+        return self
+
+
+def build(node: dict) -> nn.Module:
+    """The network of a config's ``model`` node: ``_target_`` imported and called with the
+    node's other keys (``model.blocks`` -> ``blocks=``). No Hydra involved."""
+    target = node.get("_target_", "")
+    module, _, name = target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise UserError(f"the model class {target!r} cannot be imported here; install the "
+                        "package that defines it (or run from the folder that holds it)"
+                        ) from None
+    return cls(**{k: v for k, v in node.items() if not k.startswith("_")})
+
+
+def from_checkpoint(path: str | Path, source: str | None = None) -> Trained:
+    """The model of a ``final.pt`` file; UserError (one line) for any other file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file {path} not found; give a run's final.pt, an MLflow run "
+                        "id or models:/<name>@<alias>")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        config, weights = ckpt["config"], ckpt["model"]
+        node = config["model"]
+    except Exception as e:
+        raise UserError(f"{path} is not an sr_ablate model file ({e.__class__.__name__}); "
+                        "give the final.pt of a run") from None
+    model = build(node)
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise UserError(f"{path} holds weights that do not fit {type(model).__name__} "
+                        f"({str(e).splitlines()[0][:120]}); the file is damaged") from None
+    return Trained(model=model.eval(), scale=float(config.get("scale", node.get("scale"))),
+                   channels=model_channels(model),
+                   upsampled_input=bool(getattr(model, "upsampled_input", False)),
+                   config=config, source=source or str(path))
+
+
+def check_scale(trained: Trained, asked: float | None) -> None:
+    """UserError (one line) when ``scale=`` was given and the model was trained for another."""
+    if asked is not None and abs(float(asked) - trained.scale) > 1e-9:
+        raise UserError(f"{trained.source} was trained for scale={trained.scale:g}, not "
+                        f"{float(asked):g}; drop scale= or pass scale={trained.scale:g}")
