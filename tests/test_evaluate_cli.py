@@ -101,7 +101,7 @@ def test_evaluate_refuses_other_scale(trained, hr_folder):
     cwd, r, _ = trained
     out = cli([f"model={r.info.run_id}", f"eval.data={hr_folder}", "scale=4"], cwd,
               command="evaluate")
-    assert out.returncode == 2 and "trained for scale=2; pass scale=2" in out.stderr
+    assert out.returncode == 2 and "was trained for scale=2, not 4; pass scale=2" in out.stderr
 
 
 def test_report_never_mixes_fingerprints(store, compose, tmp_path):

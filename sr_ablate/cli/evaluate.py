@@ -1,8 +1,8 @@
 """``python -m sr_ablate evaluate``: evaluate bicubic or a trained run on any set and scale.
 
     python -m sr_ablate evaluate model=bicubic eval.data=<HR folder> scale=<s>
-    python -m sr_ablate evaluate model=<MLflow run id | runs:/<id> | checkpoint.pt> \
-        eval.sets=[set5,set14]
+    python -m sr_ablate evaluate model=<MLflow run id | runs:/<id> | models:/<name>@<alias> |
+        models:/<name>/<version> | final.pt> eval.sets=[set5,set14]
 
 Other keys: any ``eval.*`` (protocol, color, tile, format=json ...), ``tracking.uri``,
 ``trainer.device``. Prints a per-image table and the mean per set; with ``eval.format=json``
@@ -13,45 +13,25 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
-from pathlib import Path
 
 import torch
 
 from sr_ablate import UserError, tracking
 from sr_ablate.config.validation import validate
-from sr_ablate.training import checkpoint
-from sr_ablate.training.job import build_evaluators, instantiate_node, pick_device
+from sr_ablate.inference.trained import check_scale
+from sr_ablate.tracking.models import load_trained
+from sr_ablate.training.job import build_evaluators, pick_device
 
 
-def load_model(spec: str, uri: str, scale: int, device) -> torch.nn.Module | None:
-    """None for ``bicubic``; else the model of an MLflow run id / ``runs:/<id>`` / .pt file."""
+def load_model(spec: str, uri: str, scale: float, device) -> torch.nn.Module | None:
+    """None for ``bicubic``; else the network at ``spec`` (a run id, ``runs:/<id>``,
+    ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or a final.pt file), on
+    ``device``, refused in one line when it was trained for another scale."""
     if spec == "bicubic":
         return None
-    if spec.endswith(".pt") or Path(spec).is_file():
-        path = Path(spec)
-        if not path.is_file():
-            raise UserError(f"checkpoint {spec} not found; give an existing .pt file or a run id")
-        return _from_checkpoint(path, scale, device, instantiate_node)
-    run_id = spec.removeprefix("runs:/").strip("/").split("/")[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = tracking.download_checkpoint(uri, run_id, tmp)
-        return _from_checkpoint(path, scale, device, instantiate_node)
-
-
-def _from_checkpoint(path: Path, scale: int, device, instantiate_node) -> torch.nn.Module:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model_cfg = ckpt["config"]["model"]
-    except Exception as e:
-        raise UserError(f"{path} is not an sr_ablate checkpoint ({e.__class__.__name__}); "
-                        "give the final.pt of a run") from None
-    trained = ckpt["config"].get("scale")
-    if trained != scale:
-        raise UserError(f"the model was trained for scale={trained}; pass scale={trained}")
-    model = instantiate_node(model_cfg)
-    checkpoint.load_weights(model, ckpt["model"], path)
-    return model.to(device).eval()
+    trained = load_trained(spec, uri)
+    check_scale(trained, scale)
+    return trained.to(device).model
 
 
 def main(argv: list[str] | None = None) -> int:

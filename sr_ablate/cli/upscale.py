@@ -143,9 +143,10 @@ def _upscale(args: dict) -> int:
                                     precision=opt["precision"], progress=opt["progress"],
                                     overwrite=opt["overwrite"])
         print(f"{dst}: {stats['frames']} frames {stats['width']}x{stats['height']} -> "
-              f"{stats['out_width']}x{stats['out_height']} in {stats['seconds']:.2f} s: "
-              f"{stats['fps']:.2f} frames/s, {stats['ms_per_frame']:.1f} ms per frame, "
-              f"{stats['s_per_30_frames']:.2f} s per 30 frames")
+              f"{stats['out_width']}x{stats['out_height']} at {stats['rate']:.3g} frames/s "
+              f"(x{trained.scale:g}, {trained.color} model) in {stats['seconds']:.2f} s: "
+              f"{stats['fps']:.2f} frames/s processed, {stats['ms_per_frame']:.1f} ms per "
+              f"frame, {stats['s_per_30_frames']:.2f} s per 30 frames")
         return 0
     if kind == "image":
         print(_one(trained, src, dst, opt))

@@ -3,6 +3,7 @@ applied), written by the output's extension, atomically (a temporary name, then 
 interrupted write never leaves a partial file under the final name)."""
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -80,8 +81,8 @@ def write_picture(img: np.ndarray, path: Path, overwrite: bool = False) -> str |
         Image.fromarray(img).save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
         os.replace(tmp, path)
     except OSError as e:
-        raise UserError(f"cannot write {path} ({e.strerror or e}); free disk space or choose "
-                        "another output") from None
+        fix = "free disk space" if e.errno == errno.ENOSPC else "choose another output"
+        raise UserError(f"cannot write {path} ({e.strerror or e}); {fix}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return note

@@ -64,7 +64,7 @@ def from_checkpoint(path: str | Path, source: str | None = None) -> Trained:
         config, weights = ckpt["config"], ckpt["model"]
         node = config["model"]
     except Exception as e:
-        raise UserError(f"{path} is not an sr_ablate model file ({e.__class__.__name__}); "
+        raise UserError(f"{path} is not an sr_ablate checkpoint ({e.__class__.__name__}); "
                         "give the final.pt of a run") from None
     model = build(node)
     try:
@@ -82,4 +82,4 @@ def check_scale(trained: Trained, asked: float | None) -> None:
     """UserError (one line) when ``scale=`` was given and the model was trained for another."""
     if asked is not None and abs(float(asked) - trained.scale) > 1e-9:
         raise UserError(f"{trained.source} was trained for scale={trained.scale:g}, not "
-                        f"{float(asked):g}; drop scale= or pass scale={trained.scale:g}")
+                        f"{float(asked):g}; pass scale={trained.scale:g}")
