@@ -132,7 +132,7 @@ def test_every_torch_load_in_the_package_is_weights_only():
                 f"{where}: {text} without weights_only=True"
             sites.append(where)
     files = {s.split(":")[0] for s in sites}
-    assert {"sr_ablate/training/checkpoint.py", "sr_ablate/cli/evaluate.py",
+    assert {"sr_ablate/training/checkpoint.py", "sr_ablate/inference/trained.py",
             "sr_ablate/training/losses.py"} <= files
 
 

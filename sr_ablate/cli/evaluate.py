@@ -19,7 +19,6 @@ import torch
 from sr_ablate import UserError, tracking
 from sr_ablate.config.validation import validate
 from sr_ablate.inference.trained import check_scale
-from sr_ablate.tracking.models import load_trained
 from sr_ablate.training.job import build_evaluators, pick_device
 
 
@@ -29,7 +28,7 @@ def load_model(spec: str, uri: str, scale: float, device) -> torch.nn.Module | N
     ``device``, refused in one line when it was trained for another scale."""
     if spec == "bicubic":
         return None
-    trained = load_trained(spec, uri)
+    trained = tracking.load_trained(spec, uri)
     check_scale(trained, scale)
     return trained.to(device).model
 

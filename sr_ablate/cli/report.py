@@ -29,7 +29,6 @@ from sr_ablate.report.build import (
     select,
     write,
 )
-from sr_ablate.tracking import models
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,9 +105,9 @@ def _register(uri: str, runs: pd.DataFrame, name: str, args) -> str:
                         f"{', '.join(k for k in keys if k.endswith(('psnr', 'ssim')))}")
     scored = done.dropna(subset=[metric])
     best = scored.loc[scored[metric].idxmin() if args.lowest else scored[metric].idxmax()]
-    version = models.register(uri, best["run_id"], args.register, metric, best[metric])
+    version = tracking.register(uri, best["run_id"], args.register, metric, best[metric])
     return (f"registered run {best['run_id']} as models:/{args.register}/{version} "
-            f"(@{models.ALIAS}): {'lowest' if args.lowest else 'highest'} {metric} = "
+            f"(@{tracking.ALIAS}): {'lowest' if args.lowest else 'highest'} {metric} = "
             f"{best[metric]:.4f} of {len(scored)} finished runs of {name}")
 
 

@@ -36,8 +36,13 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from sr_ablate import UserError
+from sr_ablate.data.images import IMAGE_SUFFIXES
+from sr_ablate.inference import files, video
+from sr_ablate.inference.trained import check_scale
+from sr_ablate.inference.upscale import check_precision, choose_tile, upscale_array
 
 KEYS = {"model": None, "input": None, "output": None, "scale": None, "tile": "auto",
         "overlap": None, "precision": "fp32", "device": "auto", "overwrite": "false",
@@ -91,7 +96,6 @@ def _device(name: str) -> torch.device:
 
 def options(args: dict) -> dict:
     """The checked options, before anything is loaded or read."""
-    from sr_ablate.inference.upscale import check_precision
     device = _device(args["device"])
     check_precision(args["precision"], device)
     scale = None
@@ -119,7 +123,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _upscale(args: dict) -> int:
-    from sr_ablate.inference import files, video
     opt = options(args)
     src, dst = Path(args["input"]).expanduser(), Path(args["output"]).expanduser()
     if not src.exists():
@@ -155,18 +158,15 @@ def _upscale(args: dict) -> int:
 
 
 def _load(args: dict, opt: dict):
-    from sr_ablate.inference.trained import check_scale
-    from sr_ablate.tracking.models import load_trained
-    from sr_ablate.tracking.store import store_uri
-    trained = load_trained(args["model"], store_uri(args["tracking.uri"]))
+    # MLflow (seconds to import) only once the arguments are known to be good
+    from sr_ablate import tracking
+    trained = tracking.load_trained(args["model"], tracking.store_uri(args["tracking.uri"]))
     check_scale(trained, opt["scale"])
     return trained.to(opt["device"])
 
 
 def _one(trained, src: Path, dst: Path, opt: dict) -> str:
     """Upscale one file; returns the line that says what was done."""
-    from sr_ablate.inference import files
-    from sr_ablate.inference.upscale import choose_tile, upscale_array
     img = files.read_picture(src)
     t0 = time.perf_counter()
     tile = choose_tile(trained, *img.shape[:2]) if opt["tile"] is None else opt["tile"]
@@ -180,9 +180,6 @@ def _one(trained, src: Path, dst: Path, opt: dict) -> str:
 
 
 def _folder(trained, src: Path, dst: Path, opt: dict) -> int:
-    from tqdm import tqdm
-
-    from sr_ablate.data.images import IMAGE_SUFFIXES
     names = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith("."))
     images = [p for p in names if p.suffix.lower() in IMAGE_SUFFIXES]
     if not images:

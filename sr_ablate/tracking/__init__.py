@@ -4,8 +4,8 @@ imports ``mlflow``; ``outbox`` keeps metrics while a tracking server does not an
 The names below are the package's interface: ``from sr_ablate import tracking`` then
 ``tracking.run(...)``, ``tracking.runs_frame(...)``.
 """
+from sr_ablate.tracking.models import ALIAS, load_trained, log_model, register
 from sr_ablate.tracking.queries import (
-                                        download_checkpoint,
                                         fetch_artifact,
                                         finished_run,
                                         metric_history,
@@ -31,9 +31,10 @@ from sr_ablate.tracking.runs import (
 )
 from sr_ablate.tracking.store import client_for, experiment_id, git_commit, reachable, store_uri
 
-__all__ = ["FAILED_TAG", "PARENT_ENV", "REUSED_TAG", "SWEEP_ENV", "RunLog", "annotate",
-           "client_for", "download_checkpoint", "end_if_running", "end_parent",
+__all__ = ["ALIAS", "FAILED_TAG", "PARENT_ENV", "REUSED_TAG", "SWEEP_ENV", "RunLog", "annotate",
+           "client_for", "end_if_running", "end_parent",
            "experiment_id", "fetch_artifact", "find_parent", "finished_run", "git_commit",
-           "metric_history", "reachable", "record_failed", "record_reused", "run",
+           "load_trained", "log_model",
+           "metric_history", "reachable", "record_failed", "record_reused", "register", "run",
            "run_metrics", "runs_frame", "start_parent", "store_uri", "sweep_definition",
            "sweep_parent"]

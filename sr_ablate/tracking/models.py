@@ -21,6 +21,7 @@ import torch
 
 from sr_ablate import UserError, __version__
 from sr_ablate.inference.trained import Trained, from_checkpoint
+from sr_ablate.inference.upscale import upscale_array
 from sr_ablate.tracking.store import (
     MlflowException,
     ModelSignature,
@@ -48,7 +49,6 @@ class SRModel(PythonModel):
         self.trained = from_checkpoint(context.artifacts["weights"])
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
-        from sr_ablate.inference.upscale import upscale_array
         return upscale_array(self.trained, np.asarray(model_input))
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from sr_ablate import UserError
 from sr_ablate.tracking.store import MlflowException, client_for
 
 
@@ -51,21 +50,6 @@ def runs_frame(uri: str, experiment: str | None = None, parents: bool = False):
             row.update({f"tag:{k}": v for k, v in r.data.tags.items()})
             rows.append(row)
     return pd.DataFrame(rows)
-
-
-def download_checkpoint(uri: str, run_id: str, dst: str | Path) -> Path:
-    """Fetch ``checkpoints/final.pt`` of run ``run_id`` into ``dst``; UserError if impossible."""
-    client = client_for(uri)
-    try:
-        client.get_run(run_id)
-    except MlflowException:
-        raise UserError(f"MLflow run {run_id!r} does not exist in {uri}; copy the id from "
-                        "`mlflow ui` or set MLFLOW_TRACKING_URI to the right store") from None
-    try:
-        return Path(client.download_artifacts(run_id, "checkpoints/final.pt", str(dst)))
-    except (MlflowException, OSError):
-        raise UserError(f"MLflow run {run_id} has no checkpoints/final.pt; it was run with "
-                        "tracking.checkpoint=false or did not finish") from None
 
 
 def sweep_definition(uri: str, sweep_id: str) -> str | None:

@@ -15,7 +15,7 @@ from sr_ablate.core import complexity
 from sr_ablate.core.degrade import bicubic_up, crop_multiple, to_uint8
 from sr_ablate.core.evaluate import Evaluator, colorize_y, model_channels, model_input
 from sr_ablate.inference.trained import Trained
-from sr_ablate.tracking.models import log_model
+from sr_ablate.tracking import log_model
 from sr_ablate.training import checkpoint
 
 
