@@ -18,6 +18,7 @@ from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from sr_ablate.cli.main import main
 from sr_ablate.inference.trained import from_checkpoint
 from sr_ablate.inference.upscale import upscale_array
 
@@ -165,21 +166,25 @@ def test_report_registers_the_best_run_and_upscale_and_evaluate_use_the_alias(tw
     (["--register", "srnet", "--metric", "set5/psnr"],
      "no finished run of sr_ablate has the metric 'set5/psnr'; choose one of"),
 ])
-def test_register_refuses_in_one_line(two_runs, args, expected):
+def test_register_refuses_in_one_line(two_runs, args, expected, capsys, monkeypatch):
     cwd, _ = two_runs
-    out = cli(args, cwd, command="report")
-    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
-    assert out.returncode == 2 and len(errors) == 1 and expected in errors[0], out.stderr
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    status = main(["report", "--out", str(cwd / "reports-refused"), *args])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert status == 2 and len(errors) == 1 and expected in errors[0], errors
 
 
 @pytest.mark.parametrize("spec, expected", [
     ("models:/nosuch@best", "is not in the model registry of"),
     ("models:/srnet", "names no version; give models:/srnet/<version> or models:/srnet@best"),
 ])
-def test_unknown_registry_names_are_one_line(two_runs, spec, expected):
+def test_unknown_registry_names_are_one_line(two_runs, spec, expected, capsys, monkeypatch):
     cwd, _ = two_runs
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     Image.fromarray(photo()).save(cwd / "in2.png")
-    out = cli([f"model={spec}", "input=in2.png", "output=never.png"], cwd, command="upscale")
-    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
-    assert out.returncode == 2 and len(errors) == 1 and expected in errors[0], out.stderr
+    status = main(["upscale", f"model={spec}", "input=in2.png", "output=never.png"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert status == 2 and len(errors) == 1 and expected in errors[0], errors
     assert not (cwd / "never.png").exists()

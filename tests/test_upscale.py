@@ -9,6 +9,7 @@ from conftest import TINY, builtin_images, cli
 from PIL import Image
 
 from sr_ablate import UserError
+from sr_ablate.cli.main import main
 from sr_ablate.core.degrade import bicubic_up, to_uint8
 from sr_ablate.core.metrics import YCBCR, YCBCR_OFFSET, rgb_to_y
 from sr_ablate.inference import files
@@ -165,7 +166,8 @@ def test_a_folder_goes_on_past_a_bad_file_and_never_overwrites(trained_run, tmp_
                                   "bad_extension", "exists", "other_scale", "unknown_run",
                                   "unknown_key", "fp16_on_cpu", "not_a_checkpoint",
                                   "unwritable"])
-def test_bad_input_is_one_line_and_leaves_no_file(trained_run, tmp_path, case):
+def test_bad_input_is_one_line_and_leaves_no_file(trained_run, tmp_path, case, capsys,
+                                                  monkeypatch):
     src = tmp_path / "in.png"
     Image.fromarray(photo()[:20, :20]).save(src)
     dst = tmp_path / "out.png"
@@ -208,8 +210,12 @@ def test_bad_input_is_one_line_and_leaves_no_file(trained_run, tmp_path, case):
         args["model"] = str(tmp_path / "w.pt")
     elif case == "unwritable":  # a folder no file can be made in (even as root)
         args["output"] = "/proc/out.png"
-    out = cli([f"{k}={v}" for k, v in args.items()] + extra, trained_run.cwd, command="upscale")
-    assert expect in one_error(out)
+    monkeypatch.chdir(trained_run.cwd)  # in-process (the command line is tested above)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_run.uri)
+    status = main(["upscale", *(f"{k}={v}" for k, v in args.items()), *extra])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert status == 2 and len(errors) == 1 and expect in errors[0], err
     assert dst.read_bytes() == b"mine" if case == "exists" else not dst.exists()
     assert not list(tmp_path.rglob("*.partial"))
 
