@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sr_ablate import data, tracking
+from sr_ablate import UserError, data, tracking
 from sr_ablate.config import validation
 from sr_ablate.core.complexity import count_params
 from sr_ablate.core.degrade import bicubic_up, downscale, imresize
@@ -176,6 +177,25 @@ def evaluation(given: str | None) -> str:
         ["BSD100 x4: PIL bicubic (not MATLAB's filter; for scale)", f"{pil:.3f}", ""]])
 
 
+def onnxruntime_times(model: torch.nn.Module, x: torch.Tensor, timed, frames: int) -> list[str]:
+    """[ms / frame, s / 30 frames] of ESPCN x1.5 ``model`` exported to ONNX (``inference.onnx``)
+    and run by onnxruntime on the CPU with torch's thread count, on ``x`` (1, 3, 720, 1280);
+    "not installed" without the export extra."""
+    from sr_ablate.inference import onnx
+    from sr_ablate.inference.trained import Trained
+    try:
+        onnx.require()
+    except UserError:
+        return ["not installed", "not installed"]
+    with tempfile.TemporaryDirectory() as tmp:
+        trained = Trained(model, 1.5, 3, False, {}, "bench")
+        session = onnx.ort_session(onnx.export_onnx(trained, Path(tmp) / "live.onnx"),
+                                   threads=torch.get_num_threads())
+    lr = x.cpu().numpy()
+    s = timed(lambda: onnx.run_onnx(session, lr))
+    return [f"{1000 * s / frames:.1f}", f"{30 * s / frames:.2f}"]
+
+
 @torch.inference_mode()
 def live(frames: int, device: torch.device) -> str:
     """ESPCN x1.5 at the live sweep's widths: ms per 720p -> 1080p frame, then ``frames``
@@ -200,8 +220,11 @@ def live(frames: int, device: torch.device) -> str:
         cfg = validation.compose(["model=espcn", "scale=1.5", f"model.channels={ch}"])
         model = instantiate_node(cfg.model).to(device).eval()
         s = timed(lambda model=model: model(x))
-        rows.append([f"ESPCN model.channels={ch} ({count_params(model):,} params)",
+        rows.append([f"ESPCN model.channels={ch} ({count_params(model):,} params), torch",
                      f"{1000 * s / frames:.1f}", f"{30 * s / frames:.2f}"])
+        rows.append([f"the same exported to ONNX, onnxruntime (CPU, "
+                     f"{torch.get_num_threads()} threads)", *onnxruntime_times(model, x, timed,
+                                                                               frames)])
     s = timed(lambda: F.interpolate(x, size=(1080, 1920), mode="bicubic", align_corners=False))
     rows.append(["bicubic, torch `interpolate`", f"{1000 * s / frames:.1f}",
                  f"{30 * s / frames:.2f}"])
