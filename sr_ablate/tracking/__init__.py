@@ -4,7 +4,6 @@ imports ``mlflow``; ``outbox`` keeps metrics while a tracking server does not an
 The names below are the package's interface: ``from sr_ablate import tracking`` then
 ``tracking.run(...)``, ``tracking.runs_frame(...)``.
 """
-from sr_ablate.tracking.models import ALIAS, load_trained, log_model, register
 from sr_ablate.tracking.queries import (
                                         fetch_artifact,
                                         finished_run,
@@ -38,3 +37,14 @@ __all__ = ["ALIAS", "FAILED_TAG", "PARENT_ENV", "REUSED_TAG", "SWEEP_ENV", "RunL
            "metric_history", "reachable", "record_failed", "record_reused", "register", "run",
            "run_metrics", "runs_frame", "start_parent", "store_uri", "sweep_definition",
            "sweep_parent"]
+
+_MODELS = ("ALIAS", "load_trained", "log_model", "register")
+
+
+def __getattr__(name: str):
+    # the trained-model names import torch (~1.2 s): ``report`` and the sweep parents, which
+    # use none of them, do not pay for it
+    if name in _MODELS:
+        from sr_ablate.tracking import models
+        return getattr(models, name)
+    raise AttributeError(f"module 'sr_ablate.tracking' has no attribute {name!r}")
