@@ -13,10 +13,12 @@ from PIL import Image
 
 from sr_ablate import UserError
 from sr_ablate.cli import export as export_cli
+from sr_ablate.cli.main import main
 from sr_ablate.core.evaluate import model_channels
-from sr_ablate.data import builtin_dir
+from sr_ablate.data import builtin_dir, read_image
 from sr_ablate.inference import onnx
-from sr_ablate.inference.trained import Trained
+from sr_ablate.inference.trained import Trained, from_checkpoint
+from sr_ablate.inference.upscale import upscale_array
 from sr_ablate.training.job import instantiate_node
 
 TOLERANCE = 1e-4
@@ -89,6 +91,14 @@ def test_export_command_writes_the_file_and_reports_the_difference(trained_run, 
     assert re.search(r"at (\d+)x(\d+) and (\d+)x(\d+)", line), line
     assert [p.name for p in tmp_path.iterdir()] == ["sr.onnx"]  # no temporary left
     assert "Traceback" not in out.stderr
+    # the file alone upscales pictures (onnxruntime in the place of torch), as the run does
+    img = read_image(builtin_dir() / "chelsea.png", "rgb").permute(1, 2, 0).numpy()[:60, :90]
+    Image.fromarray(img).save(tmp_path / "in.png")
+    assert main(["upscale", f"model={tmp_path / 'sr.onnx'}", f"input={tmp_path / 'in.png'}",
+                 f"output={tmp_path / 'out.png'}"]) == 0
+    got = np.asarray(Image.open(tmp_path / "out.png")).astype(int)
+    want = upscale_array(from_checkpoint(trained_run.weights), img).astype(int)
+    assert got.shape == (120, 180, 3) and np.abs(got - want).max() <= 1  # 3e-7 from a half
 
 
 def one_error_line(err: str) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sr_ablate import UserError
+from sr_ablate.cli.args import key_values
 from sr_ablate.data import builtin_dir, read_image
 
 KEYS = ("model", "format", "output", "check", "opset", "tracking.uri")
@@ -35,15 +36,7 @@ class ParityError(Exception):
 
 def parse(argv: list[str]) -> dict[str, str]:
     """key=value arguments -> {key: value}; UserError for anything else."""
-    args = {}
-    for a in argv:
-        key, eq, value = a.partition("=")
-        if not eq or key not in KEYS:
-            raise UserError(f"unknown argument {a!r}; give key=value with key one of "
-                            f"{', '.join(KEYS)} (python -m sr_ablate export --help)")
-        args[key] = value
-    if not args.get("model"):
-        raise UserError("say what to export: model=<run id | models:/<name>@<alias> | final.pt>")
+    args = key_values(argv, KEYS, "export", "model=<run id> output=model.onnx")
     if args.setdefault("format", "onnx") not in FORMATS:
         raise UserError(f"format={args['format']} is not supported; use format=onnx")
     if not args.get("opset", "0").isdigit():
@@ -73,18 +66,6 @@ def check_output(value: str | None) -> Path:
     return path
 
 
-def load(spec: str, uri_arg: str | None):
-    """The Trained model at ``spec``; a missing sqlite store is an error, not a new store."""
-    from sr_ablate.tracking.models import load_trained
-    from sr_ablate.tracking.store import store_uri
-    uri = store_uri(uri_arg)
-    is_file = spec.endswith(".pt") or Path(spec).is_file()
-    if not is_file and uri.startswith("sqlite:///") and not Path(uri[10:]).is_file():
-        raise UserError(f"model={spec} is not a file and there is no MLflow store at {uri}; "
-                        "run from the folder of mlflow.db or pass tracking.uri=")
-    return load_trained(spec, uri)
-
-
 def crops(image: np.ndarray, multiple: int) -> list[np.ndarray]:
     """Two centre crops of ``image`` (H, W, 3) of different sizes (CHECK_SIDES, or smaller
     for a small image), sides multiples of ``multiple``."""
@@ -105,6 +86,7 @@ def crops(image: np.ndarray, multiple: int) -> list[np.ndarray]:
 def export(args: dict[str, str]) -> str:
     """Export, check, then move into place; the report line. UserError on bad input,
     ParityError when onnxruntime and torch disagree."""
+    from sr_ablate import tracking  # MLflow: seconds to import, once the arguments are good
     from sr_ablate.inference import onnx
     output = check_output(args.get("output"))
     check = Path(args["check"]) if args.get("check") else builtin_dir() / DEFAULT_CHECK
@@ -112,7 +94,7 @@ def export(args: dict[str, str]) -> str:
         raise UserError(f"check image {check} not found; give check=<an image file>")
     onnx.require()
     image = read_image(check, "rgb").permute(1, 2, 0).numpy()  # (H, W, 3) uint8
-    trained = load(args["model"], args.get("tracking.uri"))
+    trained = tracking.load_trained(args["model"], tracking.store_uri(args.get("tracking.uri")))
     pictures = crops(image, onnx.side_multiple(trained))
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".sr_ablate-export-") as tmp:
         path = onnx.export_onnx(trained, Path(tmp) / output.name,

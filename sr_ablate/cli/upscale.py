@@ -2,10 +2,11 @@
 own pictures, folders of pictures and videos.
 
     sr-ablate upscale model=<run id | runs:/<id> | models:/<name>@<alias> |
-                             models:/<name>/<version> | path/to/final.pt>
+                             models:/<name>/<version> | path/to/final.pt | file.onnx>
                       input=<image | folder | video> output=<file | folder | video>
 
-Scale, colour mode and architecture come from the run. A Y-channel model upscales the luma;
+Scale, colour mode and architecture come from the run (an .onnx file from ``sr-ablate
+export`` runs with onnxruntime instead of torch). A Y-channel model upscales the luma;
 the chroma is the bicubic upscale (as SR papers show results); gray stays gray; alpha is
 upscaled bicubically; EXIF orientation is applied; the output's extension picks its format.
 
@@ -39,6 +40,7 @@ import torch
 from tqdm import tqdm
 
 from sr_ablate import UserError
+from sr_ablate.cli.args import key_values
 from sr_ablate.data.images import IMAGE_SUFFIXES
 from sr_ablate.inference import files, video
 from sr_ablate.inference.trained import check_scale
@@ -47,21 +49,16 @@ from sr_ablate.inference.upscale import check_precision, choose_tile, upscale_ar
 KEYS = {"model": None, "input": None, "output": None, "scale": None, "tile": "auto",
         "overlap": None, "precision": "fp32", "device": "auto", "overwrite": "false",
         "batch": "8", "progress": "true", "tracking.uri": None}
+EXAMPLE = "model=<run id> input=photo.png output=photo_x2.png"
 
 
 def parse(argv: list[str]) -> dict:
-    """key=value arguments -> {key: str}; UserError for an unknown key or a missing one."""
-    args = dict(KEYS)
-    for a in argv:
-        key, eq, value = a.partition("=")
-        if not eq or key not in KEYS:
-            raise UserError(f"unknown argument {a!r}; upscale takes "
-                            f"{', '.join(k + '=' for k in KEYS)} (see --help)")
-        args[key] = value
-    for key in ("model", "input", "output"):
+    """key=value arguments -> {key: str}, defaults filled in; UserError for an unknown key or
+    a missing one."""
+    args = {**KEYS, **key_values(argv, KEYS, "upscale", EXAMPLE)}
+    for key in ("input", "output"):
         if not args[key]:
-            raise UserError(f"say {key}=...; e.g. sr-ablate upscale model=<run id> "
-                            "input=photo.png output=photo_x2.png")
+            raise UserError(f"say {key}=...; e.g. sr-ablate upscale {EXAMPLE}")
     return args
 
 

@@ -74,6 +74,12 @@ def export_onnx(trained: Trained, path: str | Path, opset: int | None = None) ->
                         f"{got}); use opset 18 to {onnx.defs.onnx_opset_version()}, or leave "
                         "opset= out")
     _name_dims(proto)
+    # what ``from_onnx`` needs to upscale pictures with the file alone
+    for key, value in (("scale", trained.scale), ("channels", trained.channels),
+                       ("upsampled_input", int(trained.upsampled_input)),
+                       ("side_multiple", side_multiple(trained)), ("source", trained.source)):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = f"sr_ablate.{key}", str(value)
     # not mkstemp: its 0600 mode would stay on the file; this one gets the umask's mode
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -163,3 +169,35 @@ def parity(trained: Trained, onnx_path: str | Path, image: np.ndarray,
         raise UserError(f"{onnx_path} gives {got.shape[-2:]} for {x.shape[-2:]}, torch "
                         f"{want.shape[-2:]}; export the model again")
     return float(np.abs(got - want).max())
+
+
+class OrtNet(torch.nn.Module):
+    """An exported file run by onnxruntime, in the place of the torch network: (B, C, h, w)
+    float in [0, 1] -> (B, C, h*s, w*s) float32, on the CPU. ``inference.upscale`` and
+    ``inference.video`` use it as they use a torch model (tiling needs ``overlap=``: the
+    receptive radius is measured with torch's gradients, which onnxruntime has not)."""
+
+    def __init__(self, session, scale: float, channels: int, upsampled_input: bool, q: int):
+        super().__init__()
+        self.session, self.scale, self.in_channels, self.q = session, scale, channels, q
+        self.upsampled_input = upsampled_input
+        self.anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)  # the device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(run_onnx(self.session, x.detach().float().cpu().numpy()))
+
+
+def from_onnx(path: str | Path, threads: int | None = None) -> Trained:
+    """A file written by ``export_onnx`` as a ``Trained`` whose network is onnxruntime's."""
+    onnx, _ = require()
+    try:
+        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False)
+                .metadata_props}
+        scale, channels = float(meta["sr_ablate.scale"]), int(meta["sr_ablate.channels"])
+    except Exception as e:
+        raise UserError(f"{path} is not an ONNX file written by sr-ablate export "
+                        f"({e.__class__.__name__}); export the run again") from None
+    upsampled = meta.get("sr_ablate.upsampled_input") == "1"
+    net = OrtNet(ort_session(path, threads), scale, channels, upsampled,
+                 int(meta.get("sr_ablate.side_multiple", 1)))
+    return Trained(net.eval(), scale, channels, upsampled, {}, str(path))

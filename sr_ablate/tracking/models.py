@@ -100,10 +100,21 @@ def _run_of(client, spec: str, uri: str) -> str:
 
 
 def load_trained(spec: str, uri: str) -> Trained:
-    """The model at ``spec``: a final.pt path, a run id / ``runs:/<id>``, or a registry URI
-    ``models:/<name>/<version>`` / ``models:/<name>@<alias>``; UserError (one line) if none."""
+    """The model at ``spec``: a final.pt path, a run id / ``runs:/<id>``, a registry URI
+    ``models:/<name>/<version>`` / ``models:/<name>@<alias>``, or an exported .onnx file
+    (run by onnxruntime); UserError (one line) if none."""
+    if spec.endswith(".onnx"):  # an exported file, run by onnxruntime
+        from sr_ablate.inference.onnx import from_onnx
+        if not Path(spec).is_file():
+            raise UserError(f"model file {spec} not found; give an .onnx file from sr-ablate "
+                            "export")
+        return from_onnx(spec)
     if spec.endswith(".pt") or Path(spec).is_file():
         return from_checkpoint(spec)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        # MLflow would make an empty store there: say what is wrong instead
+        raise UserError(f"model={spec} is not a file and there is no MLflow store at {uri}; "
+                        "run from the folder of mlflow.db or pass tracking.uri=")
     client = client_for(uri)
     run_id = _run_of(client, spec, uri)
     try:
