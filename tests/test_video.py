@@ -350,3 +350,8 @@ def test_the_upscale_command_takes_a_video_from_a_run_id(trained_run, clips, tmp
     again = cli([f"model={trained_run.run_id}", f"input={clips['aac']}", f"output={dst}"],
                 trained_run.cwd, command="upscale")
     assert again.returncode == 2 and "exists; pass overwrite=true" in again.stderr
+
+
+def test_auto_batch_takes_up_to_8_small_frames_and_one_720p_frame():
+    from sr_ablate.inference.video import auto_batch
+    assert auto_batch(W, H) == 8 and auto_batch(1280, 720) == 1 and auto_batch(640, 360) == 2

@@ -18,7 +18,7 @@ Options (key=value):
   precision=fp32|bf16|fp16   fp16 needs CUDA (default fp32)
   device=auto|cpu|cuda       auto: CUDA when there is one (default)
   overwrite=false   an existing output is never replaced unless true
-  batch=8           video frames per forward pass
+  batch=auto|N      video frames per forward pass (auto: up to 8, fewer for large frames)
   progress=true     progress bar for folders and video
   tracking.uri=...  the MLflow store of run ids and models:/ names (default:
                     $MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db)
@@ -48,7 +48,7 @@ from sr_ablate.inference.upscale import check_precision, choose_tile, upscale_ar
 
 KEYS = {"model": None, "input": None, "output": None, "scale": None, "tile": "auto",
         "overlap": None, "precision": "fp32", "device": "auto", "overwrite": "false",
-        "batch": "8", "progress": "true", "tracking.uri": None}
+        "batch": "auto", "progress": "true", "tracking.uri": None}
 EXAMPLE = "model=<run id> input=photo.png output=photo_x2.png"
 
 
@@ -103,7 +103,7 @@ def options(args: dict) -> dict:
             raise UserError(f"scale={args['scale']} is not a number") from None
     return {"device": device, "precision": args["precision"], "scale": scale,
             "tile": _int(args, "tile", 0), "overlap": _int(args, "overlap", 0),
-            "batch": _int(args, "batch", 1) or 8, "overwrite": _flag(args, "overwrite"),
+            "batch": _int(args, "batch", 1), "overwrite": _flag(args, "overwrite"),
             "progress": _flag(args, "progress")}
 
 

@@ -35,7 +35,7 @@ def to_uint8(img: torch.Tensor) -> torch.Tensor:
     seven (a 1080p frame in 35 ms instead of 130)."""
     x = img.to(torch.float64).clamp(0, 255)
     whole = x.floor()
-    return whole.add_(x.sub(whole).ge_(0.5))
+    return whole.add_(x.sub_(whole).ge_(0.5))  # x is clamp's copy: reused for the fraction
 
 
 def cubic(x: torch.Tensor) -> torch.Tensor:
