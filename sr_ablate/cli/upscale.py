@@ -129,15 +129,15 @@ def _upscale(args: dict) -> int:
     if kind == "folder":
         if dst.exists() and not dst.is_dir():
             raise UserError(f"output {dst} is a file; for a folder input give an output folder")
-        if dst.parent.is_dir():  # a new output folder in an existing one is made
-            dst.mkdir(exist_ok=True)
-        files.writable_folder(dst)
+        files.writable_folder(dst if dst.exists() else dst.parent)  # a new one is made in it
     elif kind == "image":
         files.image_format(dst)
         if dst.exists() and not opt["overwrite"]:
             raise UserError(f"{dst} exists; pass overwrite=true to replace it")
         files.writable_folder(dst.parent)
     trained = _load(args, opt)
+    if kind == "folder":
+        dst.mkdir(exist_ok=True)  # once the model loaded: a failed start leaves no folder
     if kind == "video":
         stats = video.upscale_video(trained, src, dst, batch=opt["batch"], tile=opt["tile"],
                                     precision=opt["precision"], progress=opt["progress"],

@@ -67,15 +67,41 @@ def from_checkpoint(path: str | Path, source: str | None = None) -> Trained:
         raise UserError(f"{path} is not an sr_ablate checkpoint ({e.__class__.__name__}); "
                         "give the final.pt of a run") from None
     model = build(node)
-    try:
-        model.load_state_dict(weights)
-    except (RuntimeError, KeyError, TypeError) as e:
-        raise UserError(f"{path} holds weights that do not fit {type(model).__name__} "
-                        f"({str(e).splitlines()[0][:120]}); the file is damaged") from None
+    load_weights(model, weights, path)
     return Trained(model=model.eval(), scale=float(config.get("scale", node.get("scale"))),
                    channels=model_channels(model),
                    upsampled_input=bool(getattr(model, "upsampled_input", False)),
                    config=config, source=source or str(path))
+
+
+def load_weights(model: torch.nn.Module, weights: dict, path: Path) -> None:
+    """``model.load_state_dict(weights)``; UserError (one line) when the file holds another
+    architecture's weights."""
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
+        why = _mismatch(model, weights, e)
+        raise UserError(f"{path} holds weights of another architecture than "
+                        f"{type(model).__name__} with these settings ({why}); use the "
+                        "configuration it was trained with, or delete it") from None
+
+
+def _mismatch(model: torch.nn.Module, weights, error: Exception) -> str:
+    """The first difference between the model's parameters and ``weights``, in words."""
+    if not isinstance(weights, dict):
+        return f"no state dict but a {type(weights).__name__}"
+    own = model.state_dict()
+    for key, value in own.items():
+        theirs = weights.get(key)
+        if theirs is None:
+            return f"{key} is missing"
+        if getattr(theirs, "shape", None) != value.shape:
+            shape = "x".join(map(str, getattr(theirs, "shape", ()))) or "no tensor"
+            return f"{key} is {shape} in the file, {'x'.join(map(str, value.shape))} here"
+    extra = [k for k in weights if k not in own]
+    if extra:
+        return f"unexpected {extra[0]}" + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")
+    return type(error).__name__
 
 
 def check_scale(trained: Trained, asked: float | None) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from sr_ablate import UserError
+from sr_ablate.inference.trained import load_weights
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -87,36 +88,6 @@ def load(path: Path) -> dict:
     except Exception as e:
         raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}); delete it to "
                         "start this configuration afresh, or run without resume=true") from None
-
-
-def load_weights(model: torch.nn.Module, weights: dict, path: Path) -> None:
-    """``model.load_state_dict(weights)``; UserError (one line) when the file holds another
-    architecture's weights."""
-    try:
-        model.load_state_dict(weights)
-    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
-        why = _mismatch(model, weights, e)
-        raise UserError(f"{path} holds weights of another architecture than "
-                        f"{type(model).__name__} with these settings ({why}); use the "
-                        "configuration it was trained with, or delete it") from None
-
-
-def _mismatch(model: torch.nn.Module, weights, error: Exception) -> str:
-    """The first difference between the model's parameters and ``weights``, in words."""
-    if not isinstance(weights, dict):
-        return f"no state dict but a {type(weights).__name__}"
-    own = model.state_dict()
-    for key, value in own.items():
-        theirs = weights.get(key)
-        if theirs is None:
-            return f"{key} is missing"
-        if getattr(theirs, "shape", None) != value.shape:
-            shape = "x".join(map(str, getattr(theirs, "shape", ()))) or "no tensor"
-            return f"{key} is {shape} in the file, {'x'.join(map(str, value.shape))} here"
-    extra = [k for k in weights if k not in own]
-    if extra:
-        return f"unexpected {extra[0]}" + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")
-    return type(error).__name__
 
 
 def restore(state: dict, path: Path, model, optimizer, scheduler, batches) -> None:
