@@ -1,5 +1,9 @@
-"""``key=value`` arguments of the commands that apply a trained model (upscale, export)."""
+"""What the commands that apply a trained model share: ``key=value`` arguments (upscale,
+export) and ``main``'s handling of ``--help`` and one-line errors (upscale, export, evaluate)."""
 from __future__ import annotations
+
+import sys
+from collections.abc import Callable
 
 from sr_ablate import UserError
 
@@ -17,3 +21,17 @@ def key_values(argv: list[str], keys, command: str, example: str) -> dict[str, s
     if not args.get("model"):
         raise UserError(f"say which trained model: e.g. sr-ablate {command} {example}")
     return args
+
+
+def run(doc: str, argv: list[str] | None, work: Callable[[list[str]], int | None]) -> int:
+    """A command's ``main``: ``--help`` prints ``doc``; ``work(argv)`` gives the exit status
+    (None: 0); a UserError is its one ``error:`` line on stderr and status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(doc)
+        return 0
+    try:
+        return work(argv) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -12,11 +12,11 @@ the last line is one JSON object {"psnr", "ssim", "images": [{"name", "psnr", "s
 from __future__ import annotations
 
 import json
-import sys
 
 import torch
 
 from sr_ablate import UserError, tracking
+from sr_ablate.cli.args import run
 from sr_ablate.config.validation import validate
 from sr_ablate.inference.trained import check_scale
 from sr_ablate.training.job import build_evaluators, pick_device
@@ -34,29 +34,24 @@ def load_model(spec: str, uri: str, scale: float, device) -> torch.nn.Module | N
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run(__doc__, argv, _evaluate)
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
-    try:
-        spec = next((a.split("=", 1)[1] for a in argv if a.startswith("model=")), None)
-        if spec is None:
-            raise UserError("say what to evaluate: model=bicubic or model=<MLflow run id>")
-        rest = [a for a in argv if not a.startswith("model=")]
-        cfg = validate(rest, targets=())  # the model comes from model=, not from conf/model
-        ev_cfg = cfg.eval
-        sets = [ev_cfg.data] if ev_cfg.data else [s for s in ev_cfg.sets if s != "val"]
-        if not sets:
-            raise UserError("no evaluation set: pass eval.data=<HR folder> or eval.sets=[set5,...]")
-        ev_cfg.sets = sets
-        evaluators, tags = build_evaluators(ev_cfg, [cfg.scale], None)
-        device = pick_device(cfg.trainer.device)
-        model = None if spec == "bicubic" else load_model(
-            spec, tracking.store_uri(cfg.tracking.uri), cfg.scale, device)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+def _evaluate(argv: list[str]) -> int:
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("model=")), None)
+    if spec is None:
+        raise UserError("say what to evaluate: model=bicubic or model=<MLflow run id>")
+    rest = [a for a in argv if not a.startswith("model=")]
+    cfg = validate(rest, targets=())  # the model comes from model=, not from conf/model
+    ev_cfg = cfg.eval
+    sets = [ev_cfg.data] if ev_cfg.data else [s for s in ev_cfg.sets if s != "val"]
+    if not sets:
+        raise UserError("no evaluation set: pass eval.data=<HR folder> or eval.sets=[set5,...]")
+    ev_cfg.sets = sets
+    evaluators, tags = build_evaluators(ev_cfg, [cfg.scale], None)
+    device = pick_device(cfg.trainer.device)
+    model = None if spec == "bicubic" else load_model(
+        spec, tracking.store_uri(cfg.tracking.uri), cfg.scale, device)
     results = {}
     for ev in evaluators:
         if model is None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sr_ablate import UserError
-from sr_ablate.cli.args import key_values
+from sr_ablate.cli.args import key_values, run
 from sr_ablate.data import builtin_dir, read_image
 
 KEYS = ("model", "format", "output", "check", "opset", "tracking.uri")
@@ -114,16 +114,13 @@ def export(args: dict[str, str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
+    return run(__doc__, argv, _main)
+
+
+def _main(argv: list[str]) -> int:
     try:
         print(export(parse(argv)))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ParityError as e:
+    except ParityError as e:  # no bad input: the exporter's fault, status 1
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -40,7 +40,7 @@ import torch
 from tqdm import tqdm
 
 from sr_ablate import UserError
-from sr_ablate.cli.args import key_values
+from sr_ablate.cli.args import key_values, run
 from sr_ablate.data.images import IMAGE_SUFFIXES
 from sr_ablate.inference import files, video
 from sr_ablate.inference.trained import check_scale
@@ -108,15 +108,7 @@ def options(args: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
-    try:
-        return _upscale(parse(argv))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run(__doc__, argv, lambda a: _upscale(parse(a)))
 
 
 def _upscale(args: dict) -> int:
