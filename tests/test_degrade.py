@@ -444,3 +444,18 @@ def test_no_other_rounding_in_the_image_pipeline():
              for i, line in enumerate(p.read_text().splitlines(), 1)
              if re.search(r"\.round\(\)|torch\.round\(|np\.round\(", line)]
     assert stray == []
+
+
+def test_to_uint8_clamps_then_rounds_to_the_values_of_rounding_then_clamping():
+    # the four-pass to_uint8 (clamp, floor, fraction >= 0.5) against the reference rounding
+    from sr_ablate.core.degrade import round_half_away, to_uint8
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(200_000, generator=gen, dtype=torch.float64) * 300 - 20
+    edges = torch.tensor([0.5, 1.5, 2.5, 254.5, 255.5, -0.5, -0.49, 0.49999999999999994,
+                          1e-300, -1e-300, 255.49999999999997, 1e9, -1e9, float("nan")],
+                         dtype=torch.float64)
+    x = torch.cat([x, edges, torch.arange(0, 256, dtype=torch.float64) + 0.5])
+    got, want = to_uint8(x), round_half_away(x).clamp(0, 255)
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got[~got.isnan()], want[~want.isnan()])
+    assert to_uint8(torch.tensor([0.5, 2.5, 0.49999999999999994])).tolist() == [1, 3, 0]
