@@ -14,7 +14,6 @@ from PIL import Image
 from sr_ablate import UserError
 from sr_ablate.cli import export as export_cli
 from sr_ablate.cli.main import main
-from sr_ablate.core.evaluate import model_channels
 from sr_ablate.data import builtin_dir, read_image
 from sr_ablate.inference import onnx
 from sr_ablate.inference.trained import Trained, from_checkpoint
@@ -45,9 +44,7 @@ def tiny(compose, name: str, scale: float, extra: list[str]) -> Trained:
     small = [f"model.{k}={v}" for k, v in SMALL.items() if k in keys]
     cfg = compose([f"model={name}", f"scale={scale}", *small, *extra])
     model = instantiate_node(cfg.model).eval()
-    return Trained(model=model, scale=float(scale), channels=model_channels(model),
-                   upsampled_input=bool(getattr(model, "upsampled_input", False)),
-                   config={}, source=name)
+    return Trained.of(model, scale, name)
 
 
 @pytest.mark.parametrize("name,scale,extra", CASES,

@@ -78,7 +78,7 @@ def test_a_y_model_upscales_luma_and_takes_chroma_from_bicubic():
     with torch.no_grad():
         for p in net.parameters():
             p.zero_()
-    y_model = Trained(net.eval(), 2.0, 1, True, {}, "test")
+    y_model = Trained.of(net.eval(), 2.0, "test")
     img = photo("coffee")[:80, :120]
     out = torch.from_numpy(upscale_array(y_model, img)).permute(2, 0, 1).double()
     rgb = torch.from_numpy(img.copy()).permute(2, 0, 1)

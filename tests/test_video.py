@@ -112,7 +112,7 @@ def x2(trained_run):
 def espcn15(model=None):
     """x1.5 RGB ESPCN with random weights: enough for sizes and formats."""
     return Trained(model=(model or ESPCN(scale=1.5)).eval(), scale=1.5, channels=3,
-                   upsampled_input=False, config={}, source="test")
+                   upsampled_input=False, source="test")
 
 
 def test_x2_keeps_frames_timing_and_pixels(x2, clips, tmp_path):
@@ -147,7 +147,7 @@ class Nearest(nn.Module):
 
 
 def test_pixels_are_the_models(clips, tmp_path):
-    nearest = Trained(model=Nearest(), scale=2, channels=3, upsampled_input=False, config={},
+    nearest = Trained(model=Nearest(), scale=2, channels=3, upsampled_input=False,
                       source="test")
     upscale_video(nearest, clips["plain"], tmp_path / "o.mp4", progress=False)
     src, out = frames_of(clips["plain"]), frames_of(tmp_path / "o.mp4")

@@ -188,7 +188,7 @@ def onnxruntime_times(model: torch.nn.Module, x: torch.Tensor, timed, frames: in
     except UserError:
         return ["not installed", "not installed"]
     with tempfile.TemporaryDirectory() as tmp:
-        trained = Trained(model, 1.5, 3, False, {}, "bench")
+        trained = Trained.of(model, 1.5, "bench")
         session = onnx.ort_session(onnx.export_onnx(trained, Path(tmp) / "live.onnx"),
                                    threads=torch.get_num_threads())
     lr = x.cpu().numpy()

@@ -22,8 +22,10 @@ from fractions import Fraction
 import torch
 from torch import nn
 
-# model -> {in_channels: radius}; weak, so a cached model can still be freed.
+# model -> {in_channels: radius} / {in_channels: bytes}; weak, so a cached model can still
+# be freed.
 _radii: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_footprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _out_scale(model: nn.Module) -> float:
@@ -178,7 +180,11 @@ def bytes_per_input_pixel(model: nn.Module, in_channels: int = 3, side: int = 24
     """Memory one forward pass (no grad) takes per input pixel, measured on a (1, in_channels,
     side, side) probe: three times the largest module output (a layer's input, its output
     and a skip connection alive at once) plus the model output, in the model's dtype.
-    What ``upscale`` compares with the free memory to decide whether to tile."""
+    What ``upscale`` compares with the free memory to decide whether to tile. Cached per
+    model instance and ``in_channels`` (a video asks once per batch of frames)."""
+    cached = _footprints.setdefault(model, {})
+    if in_channels in cached:
+        return cached[in_channels]
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
     side = side // _period(_out_scale(model)) * _period(_out_scale(model))
@@ -198,4 +204,5 @@ def bytes_per_input_pixel(model: nn.Module, in_channels: int = 3, side: int = 24
         for h in handles:
             h.remove()
     size = torch.finfo(dtype).bits // 8
-    return (3 * largest[0] + out.numel()) * size / side ** 2
+    cached[in_channels] = per_px = (3 * largest[0] + out.numel()) * size / side ** 2
+    return per_px

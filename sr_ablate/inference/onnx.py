@@ -200,4 +200,4 @@ def from_onnx(path: str | Path, threads: int | None = None) -> Trained:
     upsampled = meta.get("sr_ablate.upsampled_input") == "1"
     net = OrtNet(ort_session(path, threads), scale, channels, upsampled,
                  int(meta.get("sr_ablate.side_multiple", 1)))
-    return Trained(net.eval(), scale, channels, upsampled, {}, str(path))
+    return Trained.of(net.eval(), scale, str(path))

@@ -27,8 +27,15 @@ class Trained:
     scale: float
     channels: int          # 3: RGB model; 1: Y-channel model (luma of BT.601)
     upsampled_input: bool  # SRCNN, VDSR: the input is the MATLAB-bicubic enlarged LR
-    config: dict           # the run's resolved config
     source: str            # where it came from (file, run id, registry URI), for messages
+
+    @classmethod
+    def of(cls, model: nn.Module, scale: float, source: str) -> Trained:
+        """``model`` with what it says of itself: its input channels (``model_channels``)
+        and whether it takes the enlarged picture (its ``upsampled_input``). Its train/eval
+        mode is left as it is."""
+        return cls(model, float(scale), model_channels(model),
+                   bool(getattr(model, "upsampled_input", False)), source)
 
     @property
     def color(self) -> str:
@@ -68,10 +75,8 @@ def from_checkpoint(path: str | Path, source: str | None = None) -> Trained:
                         "give the final.pt of a run") from None
     model = build(node)
     load_weights(model, weights, path)
-    return Trained(model=model.eval(), scale=float(config.get("scale", node.get("scale"))),
-                   channels=model_channels(model),
-                   upsampled_input=bool(getattr(model, "upsampled_input", False)),
-                   config=config, source=source or str(path))
+    return Trained.of(model.eval(), config.get("scale", node.get("scale")),
+                      source or str(path))
 
 
 def load_weights(model: torch.nn.Module, weights: dict, path: Path) -> None:

@@ -142,12 +142,15 @@ def register(uri: str, run_id: str, name: str, metric: str, value: float) -> int
     except MlflowException:
         client.create_registered_model(name, description="sr_ablate: the best run by "
                                        f"{metric}, alias @{ALIAS}")
-    try:
-        client.download_artifacts(run_id, f"{ARTIFACT}/MLmodel", tempfile.mkdtemp())
+    try:  # listed, not downloaded: only whether the run holds one matters here
+        has_model = any(a.path == f"{ARTIFACT}/MLmodel"
+                        for a in client.list_artifacts(run_id, ARTIFACT))
     except (MlflowException, OSError):
+        has_model = False
+    if not has_model:
         raise UserError(f"run {run_id} has no MLflow Model ({ARTIFACT}/); it finished before "
                         "sr_ablate logged models, or with tracking.checkpoint=false: "
-                        "re-run it") from None
+                        "re-run it")
     version = client.create_model_version(name, f"runs:/{run_id}/{ARTIFACT}", run_id=run_id,
                                           tags={"sr_ablate.chosen_by": metric,
                                                 metric: f"{value:.6g}"})

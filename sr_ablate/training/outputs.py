@@ -66,9 +66,7 @@ def log_outputs(log, cfg: DictConfig, model, evaluators: list[Evaluator], steps:
                 cfg, resolve=True), "step": steps}, tmp / "final.pt")
             log.log_artifact(tmp / "final.pt", "checkpoints")
             # the same weights as an MLflow Model: load_model("runs:/<id>/model"), serving
-            log_model(log, tmp / "final.pt", Trained(
-                model, cfg.scale, model_channels(model),
-                bool(getattr(model, "upsampled_input", False)), {}, log.run_id))
+            log_model(log, tmp / "final.pt", Trained.of(model, cfg.scale, log.run_id))
 
 
 def complexity_metrics(model, cfg: DictConfig, device) -> tuple[dict[str, float], dict[str, str]]:
