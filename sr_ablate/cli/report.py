@@ -106,9 +106,16 @@ def _register(uri: str, runs: pd.DataFrame, name: str, args) -> str:
     scored = done.dropna(subset=[metric])
     best = scored.loc[scored[metric].idxmin() if args.lowest else scored[metric].idxmax()]
     version = tracking.register(uri, best["run_id"], args.register, metric, best[metric])
-    return (f"registered run {best['run_id']} as models:/{args.register}/{version} "
+    line = (f"registered run {best['run_id']} as models:/{args.register}/{version} "
             f"(@{tracking.ALIAS}): {'lowest' if args.lowest else 'highest'} {metric} = "
             f"{best[metric]:.4f} of {len(scored)} finished runs of {name}")
+    bicubic = best.get(metric.replace("/psnr", "/bicubic_psnr")) if metric.endswith(
+        "/psnr") else None
+    if bicubic is not None and pd.notna(bicubic) and best[metric] < bicubic:
+        # the best of the runs is not a good model: say so where it is chosen
+        line += (f"; it is below bicubic ({bicubic:.4f}): undertrained, read the report's "
+                 "verdicts before using it")
+    return line
 
 
 def _parse_baseline(text: str | None) -> dict | None:
