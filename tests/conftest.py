@@ -19,6 +19,21 @@ MODEL_CONFIGS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
 TINY = ["trainer=smoke", "model.blocks=1", "model.channels=8", "trainer.progress=false"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def speed_cache(tmp_path_factory):
+    """The measured speed settings (``trainer.precision=auto``) in a folder of this test
+    session's, shared by its runs and the processes ``cli`` starts: measured once per
+    session, never written into the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("speed-cache")
+    before = os.environ.get("SR_ABLATE_CACHE")
+    os.environ["SR_ABLATE_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("SR_ABLATE_CACHE", None)
+    else:
+        os.environ["SR_ABLATE_CACHE"] = before
+
+
 @pytest.fixture
 def compose():
     from sr_ablate.config.validation import compose as _compose
@@ -39,7 +54,8 @@ def cli(args: list[str], cwd: Path, timeout: float = 300, command: str | None = 
     """Run ``python -m sr_ablate [COMMAND] ARGS`` in ``cwd`` like a user would (``command``:
     evaluate, report, download, bench; none: train); returns CompletedProcess."""
     env = {**{k: v for k, v in os.environ.items()
-              if not k.startswith(("MLFLOW_", "SR_ABLATE_"))}, **(env or {})}
+              if not k.startswith(("MLFLOW_", "SR_ABLATE_")) or k == "SR_ABLATE_CACHE"},
+           **(env or {})}
     cmd = [sys.executable, "-m", "sr_ablate", *([command] if command else []), *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)

@@ -3,6 +3,8 @@ compile keep the results, the first-step time is logged, and the benchmark comma
 to end."""
 from __future__ import annotations
 
+import functools
+import json
 import time
 
 import pytest
@@ -12,8 +14,9 @@ from conftest import SHARED_DATA, TINY, cli
 from sr_ablate import UserError, data, tracking
 from sr_ablate.config.checks import check
 from sr_ablate.config.validation import compose as compose_cfg
+from sr_ablate.core.evaluate import Evaluator, Protocol, super_resolve
 from sr_ablate.models import SRResNet
-from sr_ablate.training import clock
+from sr_ablate.training import clock, speed
 from sr_ablate.training.job import run_job
 from sr_ablate.training.loop import fit
 
@@ -117,7 +120,8 @@ def test_job_clock_counts_from_process_start_then_from_each_job(monkeypatch):
 # Long enough to train (the smoke budget's 4 steps at lr 1e-4 leave PSNR where it started);
 # no BN, whose running statistics after a few steps of batch 2 make val PSNR jump around.
 TRAINS = QUIET + ["model.bn=false", "trainer.steps=60", "trainer.eval_every=30",
-                  "trainer.log_every=5", "optim.lr=0.003"]
+                  "trainer.log_every=5", "optim.lr=0.003", "trainer.precision=fp32",
+                  "trainer.channels_last=false"]  # the reference: each knob changes one
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +135,7 @@ def knob_runs(tmp_path_factory):
                     "SR_ABLATE_SWEEP_ID"):
             mp.delenv(var, raising=False)
         for knob in ("trainer.precision=fp32", "trainer.channels_last=true",
-                     "trainer.precision=bf16"):
+                     "trainer.precision=bf16"):  # the last of an override wins
             ids = []
             out[knob] = run_job(compose_cfg(TRAINS + [knob]), cwd=str(cwd), on_start=ids.append)
             (out[knob]["run_id"],) = ids
@@ -161,6 +165,8 @@ def test_channels_last_keeps_the_result(knob_runs):
     frame = tracking.runs_frame(uri).set_index("run_id")
     assert frame.loc[other["run_id"], "trainer.channels_last"] == "True"
     assert frame.loc[base["run_id"], "trainer.channels_last"] == "False"
+    assert frame.loc[other["run_id"], "tag:sr_ablate.channels_last"] == "true"
+    assert frame.loc[base["run_id"], "tag:sr_ablate.channels_last"] == "false"
 
 
 def test_bf16_run_trains_as_fp32_does(knob_runs):
@@ -187,8 +193,11 @@ def test_compile_keeps_the_result(store, compose, tmp_path):
 
 def test_unknown_precision_is_refused_in_one_line(compose):
     with pytest.raises(UserError, match=r"trainer.precision='fp8' is not valid; use one of: "
-                                        r"fp32, bf16, fp16"):
+                                        r"auto, fp32, bf16, fp16"):
         check(compose(QUIET + ["trainer.precision=fp8"]))
+    with pytest.raises(UserError, match=r"trainer.channels_last='maybe' is not valid; use one "
+                                        r"of: auto, true, false"):
+        check(compose(QUIET + ["trainer.channels_last=maybe"]))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -225,3 +234,151 @@ def test_bench_fixed_cost_section(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "process start -> first step" in out.stdout and "one job to the next" in out.stdout
     assert "sweep failed" not in out.stdout
+
+
+# trainer.precision=auto / trainer.channels_last=auto (training.speed)
+
+def fresh_cache(monkeypatch, folder, quick: bool = False):
+    """``SR_ABLATE_CACHE`` at ``folder`` and nothing remembered by this process: as a new
+    process on this machine would start. ``quick``: the probe's rounds cut to one short one
+    (for tests of the cache, not of the figures)."""
+    monkeypatch.setenv(speed.CACHE_ENV, str(folder))
+    monkeypatch.setattr(speed, "_measured", {})
+    if quick:
+        monkeypatch.setattr(speed, "measure",
+                            functools.partial(speed.measure, rounds=1, seconds=0.01))
+
+
+def test_cpu_flags_are_read_from_cpuinfo():
+    text = "processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+    assert speed.cpu_flags(text) == {"fpu", "avx2", "avx512f", "avx512_bf16"}
+    assert speed.cpu_flags("Features\t: fp asimd bf16\n") == {"fp", "asimd", "bf16"}  # ARM
+    real = speed.cpu_flags()
+    native = speed.native_bf16(torch.device("cpu"))
+    assert (native is not None) == bool(real & {"avx512_bf16", "amx_bf16"})
+
+
+def test_the_probe_is_measured_once_per_machine_and_read_from_the_cache(monkeypatch, tmp_path):
+    """A fresh cache: the probe runs (fp32 and channels-last; bf16 too where the CPU has it)
+    and is written under this machine's key; a new process reads it without measuring."""
+    fresh_cache(monkeypatch, tmp_path)
+    first = speed.measured(torch.device("cpu"))
+    its = first["it_per_s"]
+    expect = {"fp32", "fp32+channels_last"} | (
+        {"bf16", "bf16+channels_last"} if speed.native_bf16(torch.device("cpu")) else set())
+    assert set(its) == expect and all(v > 0 for v in its.values())
+    saved = json.loads((tmp_path / "speed.json").read_text())
+    assert saved[speed.machine_key(torch.device("cpu"))]["it_per_s"] == its
+    assert torch.__version__ in speed.machine_key(torch.device("cpu"))
+
+    fresh_cache(monkeypatch, tmp_path)
+
+    def no_measuring(*a, **k):
+        raise AssertionError("measured again although the cache holds this machine")
+    monkeypatch.setattr(speed, "measure", no_measuring)
+    assert speed.measured(torch.device("cpu"))["it_per_s"] == its
+    # another torch build or thread count is another key: measured anew
+    monkeypatch.setattr(torch, "__version__", "9.9.9")
+    with pytest.raises(AssertionError, match="measured again"):
+        speed.measured(torch.device("cpu"))
+
+
+def test_a_damaged_or_unwritable_cache_is_measured_again(monkeypatch, tmp_path, capsys):
+    (tmp_path / "speed.json").write_text("{half a file")
+    fresh_cache(monkeypatch, tmp_path, quick=True)
+    its = speed.measured(torch.device("cpu"))["it_per_s"]
+    assert json.loads((tmp_path / "speed.json").read_text())  # rewritten whole
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    fresh_cache(monkeypatch, blocked / "cache")  # under a file: cannot be created
+    entry = speed.measured(torch.device("cpu"))
+    assert set(entry["it_per_s"]) == set(its)
+    assert "not cached" in capsys.readouterr().err
+
+
+def test_explicit_settings_are_used_as_given_without_measuring(monkeypatch, tmp_path):
+    fresh_cache(monkeypatch, tmp_path)
+    monkeypatch.setattr(speed, "measure", lambda *a, **k: pytest.fail("measured"))
+    c = speed.choose("fp32", True, torch.device("cpu"), SRResNet())
+    assert (c.precision, c.channels_last) == ("fp32", True)
+    assert c.tags() == {"sr_ablate.precision": "fp32",
+                        "sr_ablate.precision_reason": "trainer.precision=fp32",
+                        "sr_ablate.channels_last": "true",
+                        "sr_ablate.channels_last_reason": "trainer.channels_last=true"}
+
+
+def test_auto_follows_the_measurement_on_this_machine():
+    """SRResNet (bf16 proven) on this CPU: bf16 exactly when the CPU has native bf16 and its
+    probe step was at least 10% faster; channels-last when it was 3% faster at that
+    precision. The reasons say which."""
+    cpu = torch.device("cpu")
+    its = speed.measured(cpu)["it_per_s"]
+    c = speed.choose("auto", "auto", cpu, SRResNet())
+    if speed.native_bf16(cpu) and max(its["bf16"], its["bf16+channels_last"]) >= 1.1 * max(
+            its["fp32"], its["fp32+channels_last"]):
+        assert c.precision == "bf16" and "measured equal to fp32 in quality" in c.why_precision
+    else:
+        assert c.precision == "fp32" and c.why_precision.startswith("auto: ")
+    ratio = its[f"{c.precision}+channels_last"] / its[c.precision]
+    assert c.channels_last == (ratio >= 1.03)
+    assert f"{ratio:.2f}x" in c.why_channels_last
+
+
+@pytest.mark.parametrize("model, loss, why", [
+    ("VDSR", None, "bf16 training of VDSR has not been measured against fp32"),
+    ("ESPCN", None, "bf16 training of ESPCN has not been measured against fp32"),
+    ("SRResNet", torch.nn.Conv2d(3, 3, 1), "a network in the loss (VGG)"),
+])
+def test_auto_keeps_fp32_where_bf16_quality_is_not_proven(model, loss, why):
+    """Whatever the CPU: a model or a loss that bf16 was not measured for trains in fp32."""
+    import sr_ablate.models as zoo
+    c = speed.choose("auto", False, torch.device("cpu"), getattr(zoo, model)(), loss)
+    assert c.precision == "fp32"
+    if speed.native_bf16(torch.device("cpu")):
+        assert why in c.why_precision
+
+
+def test_auto_keeps_fp32_on_a_cpu_without_native_bf16(monkeypatch, tmp_path):
+    """The same SRResNet on a CPU whose flags lack avx512_bf16/amx_bf16 (bf16 emulated)."""
+    monkeypatch.setattr(speed, "cpu_flags", lambda cpuinfo=None: {"avx2", "avx512f"})
+    fresh_cache(monkeypatch, tmp_path, quick=True)
+    c = speed.choose("auto", "auto", torch.device("cpu"), SRResNet())
+    assert c.precision == "fp32" and c.why_precision == "auto: no native bf16 on this cpu device"
+    assert not speed.measured(torch.device("cpu"))["it_per_s"].keys() & {"bf16"}  # not measured
+
+
+def test_a_run_records_the_settings_it_trained_with(store, compose, tmp_path, capsys):
+    """auto: the tags hold what was chosen and why (the params keep "auto", as typed), the
+    choice is said once on stderr, and evaluation ran in fp32 (its PSNR is that of the
+    final weights evaluated afresh outside the run)."""
+    cfg = compose(QUIET)
+    ids = []
+    out = run_job(cfg, cwd=str(tmp_path), on_start=ids.append)
+    frame = tracking.runs_frame(store).set_index("run_id")
+    row = frame.loc[ids[0]]
+    expect = speed.choose("auto", "auto", torch.device("cpu"), SRResNet(blocks=1, channels=8))
+    assert row["trainer.precision"] == "auto" and row["trainer.channels_last"] == "auto"
+    for key, value in expect.tags().items():
+        assert row[f"tag:{key}"] == value
+    assert capsys.readouterr().err.count(expect.line()) <= 1  # once per process at most
+    assert out["val/psnr"] > 0
+
+
+def test_evaluation_is_fp32_even_inside_an_autocast_region():
+    """The evaluation's forward runs in fp32 whatever context it is called from: the same SR
+    output (before rounding) and metrics inside a bf16 autocast region as outside (in bf16
+    the output would differ by ~0.25 of a grey level)."""
+    torch.manual_seed(0)
+    model = SRResNet(channels=8, blocks=1).eval()
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.bias += 0.5  # outputs mid-grey, not clamped to 0: the differences show
+    images = data.load_eval_images([data.builtin_dir() / data.BUILTIN_VAL[0]], 2)
+    ev = Evaluator(images, 2, Protocol(), prefix="x")
+    plain, out = ev(model), super_resolve(model, images[0][1][:, :40, :40], 2)
+    with torch.autocast("cpu", torch.bfloat16):
+        inside, out_inside = ev(model), super_resolve(model, images[0][1][:, :40, :40], 2)
+        assert model(torch.rand(1, 3, 8, 8)).dtype == torch.bfloat16  # the region is real
+    del plain["x/seconds"], inside["x/seconds"]
+    assert inside == plain and len(plain) == 4
+    assert out_inside.dtype == torch.float64 and torch.equal(out_inside, out)

@@ -29,7 +29,7 @@ from sr_ablate import tracking
 from sr_ablate.bench import costs
 from sr_ablate.bench import training as bt
 from sr_ablate.bench.costs import table
-from sr_ablate.training.job import pick_device
+from sr_ablate.training.speed import pick_device
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 

@@ -19,7 +19,8 @@ from sr_ablate import UserError, tracking
 from sr_ablate.cli.args import run
 from sr_ablate.config.validation import validate
 from sr_ablate.inference.trained import check_scale
-from sr_ablate.training.job import build_evaluators, pick_device
+from sr_ablate.training.job import build_evaluators
+from sr_ablate.training.speed import pick_device
 
 
 def load_model(spec: str, uri: str, scale: float, device) -> torch.nn.Module | None:

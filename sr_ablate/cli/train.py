@@ -32,7 +32,7 @@ from sr_ablate import UserError
 from sr_ablate.config import CONF_DIR, CONFIG_DIR_ENV, split_config_dir, validation
 from sr_ablate.config.hashing import config_hash
 from sr_ablate.sweeps import grid, resources
-from sr_ablate.training import clock, summary
+from sr_ablate.training import clock, speed, summary
 from sr_ablate.training.loop import NonFiniteLoss
 
 CWD = os.getcwd()  # before Hydra can change directories: the MLflow store lives here
@@ -238,6 +238,10 @@ def _main(argv: list[str], config_dir: str | None) -> int:
 
     code, status = 0, None
     try:
+        if sweep is not None:  # auto speed settings measured once, not by parallel jobs at once
+            t = cfg.trainer
+            speed.prepare(t.precision, t.channels_last, t.device,
+                          int(os.environ.get(resources.THREADS_ENV, 0)) or None)
         task()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1

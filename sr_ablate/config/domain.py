@@ -13,7 +13,8 @@ class Domain:
     """The values one config key takes.
 
     ``kind``: ``int`` (a whole number, not a bool), ``float`` (any finite number: an int is
-    fine), ``bool``, ``str`` (never empty) or ``list`` (each item in ``item``). ``low`` and
+    fine), ``bool``, ``str`` (never empty), ``switch`` (a bool or a word, e.g. ``auto``) or
+    ``list`` (each item in ``item``). ``low`` and
     ``high`` bound numbers (both given for every number: no key takes 1e30), inclusive unless
     ``low_open``/``high_open``. ``choices``: the only values; ``odd``: odd numbers only;
     ``null``: None is allowed too; ``pattern``: a str must match it in full; ``schemes``: a str
@@ -139,9 +140,10 @@ def _num(x: float) -> str:
 
 def _is(value, kind: str) -> bool:
     if isinstance(value, bool):
-        return kind == "bool"
+        return kind in ("bool", "switch")
     return {"int": isinstance(value, int), "float": isinstance(value, (int, float)),
-            "str": isinstance(value, str), "bool": False}.get(kind, False)
+            "str": isinstance(value, str), "switch": isinstance(value, str),
+            "bool": False}.get(kind, False)
 
 
 def Int(low: int, high: int, **kw) -> Domain:

@@ -62,9 +62,9 @@ class TrainerConf:
     scales: list[float] = field(default_factory=list)  # multi-scale training (VDSR); [] = [scale]
     device: str = "auto"           # auto (CUDA when available) | cpu | cuda | cuda:N
     progress: bool = True
-    # Speed knobs, defaults chosen by measurement (BENCHMARKS.md):
-    precision: str = "fp32"        # fp32 | bf16 (autocast) | fp16 (autocast + gradient scaling)
-    channels_last: bool = False    # NHWC weights/activations
+    # Speed knobs; auto: chosen per device by training.speed (measured, quality-checked)
+    precision: str = "auto"        # auto | fp32 | bf16 (autocast) | fp16 (autocast + scaling)
+    channels_last: Union[bool, str] = "auto"  # auto | true | false: NHWC weights/activations
     compile: bool = False          # torch.compile the training forward/backward
     checkpoint_every: int = 0      # steps between resumable checkpoints; 0: at every evaluation
 
@@ -158,8 +158,8 @@ DOMAINS: dict[str, Domain] = {
     "trainer.device": Domain("str", pattern=r"auto|cpu|cuda(:\d+)?|mps",
                              fix="auto, cpu, cuda, cuda:N or mps"),
     "trainer.progress": BOOL,
-    "trainer.precision": Choice("fp32", "bf16", "fp16"),
-    "trainer.channels_last": BOOL,
+    "trainer.precision": Choice("auto", "fp32", "bf16", "fp16"),
+    "trainer.channels_last": Choice("auto", True, False, kind="switch"),
     "trainer.compile": BOOL,
     "trainer.checkpoint_every": Int(0, STEPS,
                                     fix=f"a whole number from 0 (at every evaluation) to {STEPS}"),

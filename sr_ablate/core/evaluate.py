@@ -123,11 +123,10 @@ def super_resolve(model: torch.nn.Module, lq: torch.Tensor, scale: float,
     if getattr(model, "upsampled_input", False):
         x = upsampled_input(x, scale, quantize)
     x = (x / 255).float().unsqueeze(0).to(device)
-    if tile:
-        out = tiled_forward(model, x, tile)[0]
-    else:
-        out = model(x)[0]
-    return out.clamp(0, 1).to("cpu", torch.float64) * 255
+    # fp32 whatever the training precision, even when called inside an autocast region
+    with torch.autocast(device.type, enabled=False):
+        out = tiled_forward(model, x, tile)[0] if tile else model(x)[0]
+    return out.float().clamp(0, 1).to("cpu", torch.float64) * 255
 
 
 @dataclass

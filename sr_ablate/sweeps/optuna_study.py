@@ -28,6 +28,7 @@ from sr_ablate.config import validation
 from sr_ablate.sweeps import resources
 from sr_ablate.sweeps.optuna_spec import check_spec, space_overrides
 from sr_ablate.sweeps.optuna_worker import Worker
+from sr_ablate.training import speed
 
 
 def main(spec: dict, extra: list[str], cwd: str) -> int:
@@ -50,6 +51,8 @@ def main(spec: dict, extra: list[str], cwd: str) -> int:
     if cfg.sweep.workers == 1:
         return worker.work(study, parent)
     threads = max(1, resources.cores() // cfg.sweep.workers)
+    t = cfg.trainer  # auto speed settings measured once, before the workers start
+    speed.prepare(t.precision, t.channels_last, t.device, threads)
     env = {**os.environ, resources.THREADS_ENV: str(threads)}
     cmd = [sys.executable, "-m", "sr_ablate", *sys.argv[1:], "sweep.workers=1"]
     print(f"sr_ablate: {cfg.sweep.workers} workers on study {worker.name}, {threads} "

@@ -6,6 +6,7 @@ input leaves no run behind; a failure after that ends the run FAILED.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 from collections.abc import Callable
@@ -23,19 +24,13 @@ from sr_ablate.config.checks import check
 from sr_ablate.config.hashing import config_hash, flatten
 from sr_ablate.core.evaluate import Evaluator, Protocol, files_sha256, fingerprint, model_channels
 from sr_ablate.data import images, pairs, sampler, sets
-from sr_ablate.training import checkpoint
+from sr_ablate.training import checkpoint, speed
 from sr_ablate.training.clock import process_start
 from sr_ablate.training.loop import fit
 from sr_ablate.training.outputs import complexity_metrics, log_outputs
 from sr_ablate.training.summary import run_line
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -119,17 +114,16 @@ class Parts:
     cfg_hash: str
     ckpt: Path
     state: dict | None  # the checkpoint resumed from, if any
+    speed: speed.Choice  # trainer.precision / channels_last as resolved for this device
 
 
 def build_parts(cfg: DictConfig, cwd: str | None) -> Parts:
     """Model, data, evaluation sets, optimiser, loss and the checkpoint to resume, for ``cfg``
     (already checked); raises UserError on bad input, before anything is tracked."""
     seed_everything(cfg.seed)
-    device = pick_device(cfg.trainer.device)
+    device = speed.pick_device(cfg.trainer.device)
     t = cfg.trainer
     model = instantiate_node(cfg.model).to(device)
-    if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     channels = model_channels(model)
     train_scales = list(t.scales) or [cfg.scale]
     if not model.upsampled_input and train_scales != [cfg.scale]:
@@ -146,14 +140,17 @@ def build_parts(cfg: DictConfig, cwd: str | None) -> Parts:
                                              val_files)
     if not evaluators:
         raise UserError("eval.sets is empty; list at least one set, e.g. eval.sets=[val]")
-    optimizer = instantiate_node(cfg.optim)(model.parameters())
-    scheduler = instantiate_node(cfg.sched)(optimizer) if cfg.sched.get("_target_") else None
     loss_fn = instantiate_node(cfg.loss).to(device)  # may stop here: e.g. VGG weights missing
-    batches = sampler.batches(train_pairs, patch_size=t.patch_size, batch_size=t.batch_size,
-                              seed=cfg.seed, device=device)
     cfg_hash = config_hash(cfg)
     ckpt = checkpoint.path_for(cwd, cfg_hash)
     state = checkpoint.load(ckpt) if cfg.resume and ckpt.exists() else None
+    knobs = resolve_speed(t, device, model, loss_fn, state)
+    if knobs.channels_last:  # before the optimiser: its state takes the parameters' layout
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = instantiate_node(cfg.optim)(model.parameters())
+    scheduler = instantiate_node(cfg.sched)(optimizer) if cfg.sched.get("_target_") else None
+    batches = sampler.batches(train_pairs, patch_size=t.patch_size, batch_size=t.batch_size,
+                              seed=cfg.seed, device=device)
     if state is not None:
         checkpoint.restore(state, ckpt, model, optimizer, scheduler, batches)
         print(f"sr_ablate: resuming run {state['run_id']} at step {state['step']}",
@@ -162,13 +159,28 @@ def build_parts(cfg: DictConfig, cwd: str | None) -> Parts:
         print("sr_ablate: resume=true, but this configuration has no checkpoint: starting it",
               file=sys.stderr)
     return Parts(model, device, evaluators, eval_tags, optimizer, scheduler, loss_fn, batches,
-                 cfg_hash, ckpt, state)
+                 cfg_hash, ckpt, state, knobs)
+
+
+def resolve_speed(t, device: torch.device, model, loss_fn, state: dict | None) -> speed.Choice:
+    """``trainer.precision`` and ``trainer.channels_last`` for this run, said once on stderr.
+    A resumed run keeps what it started with (a sweep resumed on another machine must not
+    change precision half-way through a run)."""
+    if state is not None and state.get("speed"):
+        was = state["speed"]
+        knobs = speed.Choice(was["precision"], was["channels_last"],
+                             f"{was['why_precision']}; kept on resume",
+                             f"{was['why_channels_last']}; kept on resume")
+    else:
+        knobs = speed.choose(t.precision, t.channels_last, device, model, loss_fn)
+    speed.say_once(knobs)
+    return knobs
 
 
 def run_tags(cfg: DictConfig, p: Parts, overrides: list[str] | None,
              extra: dict[str, str] | None) -> dict:
     """The tags a run opens with: protocol fingerprint, loss tags, device, model family..."""
-    tags = {**p.eval_tags, **getattr(p.loss_fn, "tags", {}),
+    tags = {**p.eval_tags, **getattr(p.loss_fn, "tags", {}), **p.speed.tags(),
             "overrides": " ".join(overrides or []), "device": str(p.device),
             "torch.threads": torch.get_num_threads(),
             "model.class": type(p.model).__name__,  # the family a report keeps to one table
@@ -231,7 +243,8 @@ def _train_tracked(cfg: DictConfig, p: Parts, log: tracking.RunLog, uri: str,
             "step": step, "loop": loop, "run_id": log.run_id, "model": p.model.state_dict(),
             "optimizer": p.optimizer.state_dict(), "batches": p.batches.state_dict(),
             "scheduler": p.scheduler.state_dict() if p.scheduler is not None else None,
-            "rng": checkpoint.rng_state(), "unsent": log.unsent()}, p.ckpt)
+            "rng": checkpoint.rng_state(), "unsent": log.unsent(),
+            "speed": dataclasses.asdict(p.speed)}, p.ckpt)
 
     if state is not None:
         checkpoint.set_rng_state(state["rng"])
@@ -245,7 +258,7 @@ def _train_tracked(cfg: DictConfig, p: Parts, log: tracking.RunLog, uri: str,
                      eval_every=t.eval_every, log_every=t.log_every, grad_clip=t.grad_clip,
                      clip_mode=t.clip_mode, scheduler=p.scheduler, device=p.device,
                      progress=t.progress, on_eval=on_eval, started_at=started_at,
-                     autocast=AUTOCAST[t.precision],
+                     autocast=AUTOCAST[p.speed.precision],
                      start_step=state["step"] if state else 0,
                      loop_state=state["loop"] if state else None, checkpoint_fn=save,
                      checkpoint_every=t.checkpoint_every or t.eval_every,
