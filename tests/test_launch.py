@@ -87,7 +87,9 @@ def _children(cwd):
 @pytest.mark.slow
 def test_grid_rerun_skips_finished_reruns_failed_and_force_runs_all(tmp_path):
     sweep = SWEEP
-    assert cli(sweep, tmp_path).returncode == 0
+    first = cli(sweep, tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stderr.count("sr_ablate: training in ") == 1  # the speed settings, said once
     client, runs, _ = _children(tmp_path)
     assert len(runs) == 2 and all("sr_ablate.config_hash" in r.data.tags for r in runs)
 

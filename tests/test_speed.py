@@ -3,8 +3,11 @@ compile keep the results, the first-step time is logged, and the benchmark comma
 to end."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import os
+import signal
 import time
 
 import pytest
@@ -16,9 +19,9 @@ from sr_ablate.config.checks import check
 from sr_ablate.config.validation import compose as compose_cfg
 from sr_ablate.core.evaluate import Evaluator, Protocol, super_resolve
 from sr_ablate.models import SRResNet
-from sr_ablate.training import clock, speed
+from sr_ablate.training import checkpoint, clock, speed
 from sr_ablate.training.job import run_job
-from sr_ablate.training.loop import fit
+from sr_ablate.training.loop import Interrupted, fit
 
 QUIET = TINY + ["tracking.checkpoint=false"]
 
@@ -382,3 +385,29 @@ def test_evaluation_is_fp32_even_inside_an_autocast_region():
     del plain["x/seconds"], inside["x/seconds"]
     assert inside == plain and len(plain) == 4
     assert out_inside.dtype == torch.float64 and torch.equal(out_inside, out)
+
+
+def test_a_resumed_run_keeps_the_settings_it_started_with(store, compose, tmp_path):
+    """Stopped (SIGTERM) at step 2, then resumed: the run goes on with the precision and
+    layout its checkpoint says it started with, not those this machine would choose now (a
+    sweep resumed on another machine must not change precision half-way through a run)."""
+    short = [*QUIET, "trainer.steps=4", "trainer.checkpoint_every=2"]
+
+    def stop_at_2(step, metrics):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+    with pytest.raises(Interrupted):
+        run_job(compose(short), cwd=str(tmp_path), on_eval=stop_at_2)
+    (ckpt,) = (tmp_path / ".sr_ablate" / "checkpoints").glob("*.pt")
+    state = checkpoint.load(ckpt)
+    now = speed.choose("auto", "auto", torch.device("cpu"), SRResNet(blocks=1, channels=8))
+    assert state["speed"] == dataclasses.asdict(now)  # what the run started with
+    other = "fp32" if now.precision == "bf16" else "bf16"  # as if started on another machine
+    state["speed"] = {"precision": other, "channels_last": not now.channels_last,
+                      "why_precision": "auto: elsewhere", "why_channels_last": "auto: elsewhere"}
+    checkpoint.save_atomic(state, ckpt)
+    run_job(compose([*short, "resume=true"]), cwd=str(tmp_path))
+    (row,) = tracking.runs_frame(store).to_dict("records")
+    assert row["status"] == "FINISHED" and row["tag:sr_ablate.precision"] == other
+    assert row["tag:sr_ablate.channels_last"] == str(not now.channels_last).lower()
+    assert row["tag:sr_ablate.precision_reason"] == "auto: elsewhere; kept on resume"

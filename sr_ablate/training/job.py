@@ -236,6 +236,8 @@ def _train_tracked(cfg: DictConfig, p: Parts, log: tracking.RunLog, uri: str,
     cost, cost_tags = complexity_metrics(p.model, cfg, p.device)
     if state is None:
         log.set_tags(cost_tags)
+    else:  # a reopened run keeps its tags: these say what it resumed with (its checkpoint's)
+        log.set_tags(p.speed.tags())
     log_fn(0, cost)
 
     def save(step: int, loop: dict) -> None:
