@@ -214,8 +214,12 @@ def test_pairs_degraded_on_the_gpu_match_the_cpu():
 
 @pytest.mark.slow
 def test_bench_command_prints_every_section_and_writes_markdown(tmp_path):
+    from sr_ablate.cli import bench
+    here, other = (bench.markers(k) for k in (bench.machine_kind(torch.device("cpu")),
+                                               "GPU: another machine"))
     md = tmp_path / "BENCHMARKS.md"
-    md.write_text("# notes kept\n<!-- bench:start -->\nold\n<!-- bench:end -->\ntail kept\n")
+    md.write_text(f"# notes kept\n{here[0]}\nold\n{here[1]}\nmiddle kept\n"
+                  f"{other[0]}\nthe GPU's figures\n{other[1]}\ntail kept\n")
     out = cli(["--models", "ESPCN", "--rounds", "1", "--steps", "2", "--no-knobs",
                "--frames", "1", "--only", "train", "eval", "live", "--md", str(md)],
               cwd=tmp_path, command="bench", timeout=300)
@@ -226,7 +230,8 @@ def test_bench_command_prints_every_section_and_writes_markdown(tmp_path):
         assert "Set14 x4: PSNR + SSIM" in text
     assert "bicubic, torch `interpolate`" in text
     saved = md.read_text()
-    assert saved.startswith("# notes kept\n") and saved.endswith("tail kept\n")
+    assert saved.startswith(f"# notes kept\n{here[0]}\n## CPU: ") and saved.endswith(
+        f"middle kept\n{other[0]}\nthe GPU's figures\n{other[1]}\ntail kept\n")
     assert "old" not in saved and "| ESPCN | 64 x 32² | 2 |" in saved
 
 

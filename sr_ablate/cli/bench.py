@@ -5,11 +5,14 @@ asserted:
 1. training it/s: sr_ablate's path (patch sampling + ``fit`` + logging) against a bare loop
    with the batch in memory, and a PyTorch Lightning ``Trainer``, per model;
 2. achieved GFLOP/s against the measured matmul peak of the device;
-3. the knobs ``trainer.channels_last``, ``trainer.compile``, ``trainer.precision``;
+3. the knobs ``trainer.channels_last``, ``trainer.compile``, ``trainer.precision``, and what
+   ``auto`` chooses on this machine (``training.speed``);
 4. fixed cost: process start to first step, and the extra cost of each further job of a sweep;
 5. evaluation: PSNR+SSIM over Set14 x4, MATLAB-bicubic downscaling of BSD100;
-6. the live model: ms per 1280x720 -> 1920x1080 frame and 30 frames, against bicubic.
-``--md BENCHMARKS.md`` also writes the tables into that file between its bench markers.
+6. the live model: ms per 1280x720 -> 1920x1080 frame and 30 frames, against bicubic;
+7. where a training step's time goes (``torch.profiler``), fp32 and bf16 (``bench.profile``).
+``--md BENCHMARKS.md`` also writes the tables into that file, in the section of this kind of
+machine (CPU model and flags, or GPU name): other machines' sections are kept.
 """
 from __future__ import annotations
 
@@ -27,26 +30,33 @@ import torch
 
 from sr_ablate import tracking
 from sr_ablate.bench import costs
+from sr_ablate.bench import profile as bp
 from sr_ablate.bench import training as bt
 from sr_ablate.bench.costs import table
+from sr_ablate.models import SRResNet
+from sr_ablate.training import speed
 from sr_ablate.training.speed import pick_device
 
-START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")  # what decides the knobs
+
+
+def machine_kind(device: torch.device) -> str:
+    """The kind of machine a section of BENCHMARKS.md is about: GPU name, or CPU model,
+    cores and the flags that decide the speed knobs."""
+    if device.type == "cuda":
+        return f"GPU: {torch.cuda.get_device_name(device)}"
+    flags = [f for f in FLAGS if f in speed.cpu_flags()]
+    return f"CPU: {speed.cpu_name()}, {os.cpu_count()} cores, {' '.join(flags) or 'no AVX2'}"
 
 
 def machine(device: torch.device) -> str:
     from importlib.metadata import version  # versions without importing MLflow here
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
-    return (f"{datetime.date.today()}, {cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} "
-            f"torch threads), GPU: {gpu}; Python {platform.python_version()}, torch "
-            f"{torch.__version__}, mlflow {version('mlflow')}, hydra {version('hydra-core')}, "
-            f"optuna {version('optuna')}")
+    flags = " ".join(f for f in FLAGS if f in speed.cpu_flags()) or "none of " + ", ".join(FLAGS)
+    return (f"{datetime.date.today()}, {speed.cpu_name()} (flags: {flags}), {os.cpu_count()} "
+            f"cores ({torch.get_num_threads()} torch threads), GPU: {gpu}; Python "
+            f"{platform.python_version()}, torch {torch.__version__}, mlflow {version('mlflow')}, "
+            f"hydra {version('hydra-core')}, optuna {version('optuna')}")
 
 
 def steps_for(s: bt.Setup, seconds: float, log_every: int) -> int:
@@ -55,7 +65,7 @@ def steps_for(s: bt.Setup, seconds: float, log_every: int) -> int:
     return max(log_every, round(seconds * its / log_every) * log_every)
 
 
-def training(args, device, uri: str, peak: float) -> tuple[str, str]:
+def training(args, device, uri: str, peak: float, bf16_peak: float) -> tuple[str, str]:
     """Sections 1-3: (throughput table, knobs table)."""
     rows, knob_rows = [], []
     for name in args.models:
@@ -85,18 +95,20 @@ def training(args, device, uri: str, peak: float) -> tuple[str, str]:
         print(f"  {name}: bare {bare}, sr_ablate {full}, Lightning {light} it/s", file=sys.stderr)
         if not args.no_knobs:
             knob_rows.append([name, *knobs(s, name, overrides, batch, patch, device, steps,
-                                           args.rounds)])
+                                           args.rounds, gflop, bf16_peak)])
     train = table(["model", "batch x LR patch", "steps/round", "bare it/s",
                    "sr_ablate it/s", "ratio (median of rounds)",
                    "Lightning it/s (sr_ablate ×, median)",
                    "GFLOP/step", "GFLOP/s (bare)", "of peak"]
                   + (["GPU utilisation (sr_ablate)"] if device.type == "cuda" else []), rows)
     knob = table(["model", "fp32 it/s", "channels_last", "compile (compile s)",
-                  "bf16 autocast", "fp16 autocast"], knob_rows)
+                  "bf16 autocast", "bf16 + channels_last", "bf16 GFLOP/s (of bf16 peak)",
+                  "fp16 autocast"], knob_rows)
     return train, knob
 
 
-def knobs(s: bt.Setup, name, overrides, batch, patch, device, steps, rounds) -> list[str]:
+def knobs(s: bt.Setup, name, overrides, batch, patch, device, steps, rounds, gflop: float,
+          bf16_peak: float) -> list[str]:
     """Bare-loop it/s with each knob as a multiple of fp32, in alternating rounds (best of
     each); the reduced precisions in one short round when they are far slower (CPU)."""
     cl = bt.setup(name, overrides, batch, patch, device=str(device), channels_last=True)
@@ -108,17 +120,32 @@ def knobs(s: bt.Setup, name, overrides, batch, patch, device, steps, rounds) -> 
     runs = {"base": lambda n: bt.bare_its(s, n), "cl": lambda n: bt.bare_its(cl, n),
             "compile": lambda n: bt.bare_its(s, n, model=compiled),
             "bf16": lambda n: bt.bare_its(s, n, autocast=torch.bfloat16),
+            "bf16cl": lambda n: bt.bare_its(cl, n, autocast=torch.bfloat16),
             "fp16": lambda n: bt.bare_its(s, n, autocast=torch.float16)}
+    reduced = ("bf16", "bf16cl", "fp16")
     best = {k: 0.0 for k in runs}
     for _i in range(rounds):
         for k, f in runs.items():
-            slow = k in ("bf16", "fp16") and best[k] and best[k] < 0.5 * best["base"]
+            slow = k in reduced and best[k] and best[k] < 0.5 * best["base"]
             if not slow:  # one round says enough of a 2x (or worse) slowdown
-                best[k] = max(best[k], f(steps if k in ("base", "cl", "compile")
-                                         else max(2, steps // 5)))
-    b = best["base"]
+                # a bf16 step is about twice as fast: as many steps take half the time
+                best[k] = max(best[k], f(steps if k not in reduced else max(2, steps // 5)))
+    b, bf16 = best["base"], max(best["bf16"], best["bf16cl"])
     return [f"{b:.3f}", f"{best['cl'] / b:.2f}x", f"{best['compile'] / b:.2f}x ({took:.0f} s)",
-            f"{best['bf16'] / b:.2f}x", f"{best['fp16'] / b:.2f}x"]
+            f"{best['bf16'] / b:.2f}x", f"{best['bf16cl'] / b:.2f}x",
+            f"{gflop * bf16:.0f} ({gflop * bf16 / bf16_peak:.0%})", f"{best['fp16'] / b:.2f}x"]
+
+
+def auto_line(device: torch.device) -> str:
+    """What ``trainer.precision=auto`` / ``channels_last=auto`` choose here for SRResNet (and
+    for a model whose bf16 quality is not proven), from the probe measured (or cached)."""
+    entry = speed.measured(device)
+    c = speed.choose("auto", "auto", device, SRResNet())
+    probe = ", ".join(f"{k} {v:.2f}" for k, v in entry["it_per_s"].items())
+    return (f"`auto` here (probe: {entry['probe']}; it/s {probe}; measured "
+            f"{entry['measured']}): SRResNet trains in **{c.precision}**, channels_last="
+            f"**{str(c.channels_last).lower()}** — {c.why_precision}; {c.why_channels_last}. "
+            "Models whose bf16 quality is not measured train in fp32.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-lightning", action="store_true")
     ap.add_argument("--no-knobs", action="store_true")
-    ap.add_argument("--only", nargs="+", default=["train", "startup", "eval", "live"],
-                    choices=["train", "startup", "eval", "live"])
+    ap.add_argument("--only", nargs="+", default=["train", "startup", "eval", "live", "profile"],
+                    choices=["train", "startup", "eval", "live", "profile"])
+    ap.add_argument("--profile-steps", type=int, default=5, help="steps profiled per setting")
     ap.add_argument("--md", type=Path, help="also write the tables into this Markdown file")
     args = ap.parse_args(argv)
     if not args.no_lightning and "train" in args.only:
@@ -152,18 +180,20 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("the Lightning comparison needs lightning: pip install -e '.[bench]', "
                      "or pass --no-lightning")
     device = pick_device(args.device)
-    out = [f"Machine: {machine(device)}."]
+    kind = machine_kind(device)
+    out = [f"## {kind}\n", f"Machine: {machine(device)}."]
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/bench.db"
         if "train" in args.only:
             peak = bt.matmul_peak(device)
-            out.append(f"\n### Training (device {device}; matmul fp32 peak measured: "
-                       f"**{peak:.0f} GFLOP/s**)\n")
-            train, knob = training(args, device, uri, peak)
+            bf16_peak = bt.matmul_peak(device, dtype=torch.bfloat16)
+            out.append(f"\n### Training (device {device}; matmul peak measured: fp32 "
+                       f"**{peak:.0f} GFLOP/s**, bf16 **{bf16_peak:.0f} GFLOP/s**)\n")
+            train, knob = training(args, device, uri, peak, bf16_peak)
             out.append(train)
             if not args.no_knobs:
                 out += ["\nKnobs, bare loop it/s relative to fp32 (trainer.channels_last, "
-                        "trainer.compile, trainer.precision):\n", knob]
+                        "trainer.compile, trainer.precision):\n", knob, "\n" + auto_line(device)]
         if "startup" in args.only:
             out += ["\n### Fixed cost\n", costs.report(tmp, args.jobs, device,
                                                                   args.repeats)]
@@ -172,21 +202,32 @@ def main(argv: list[str] | None = None) -> int:
         if "live" in args.only:
             out += ["\n### Live model (ESPCN x1.5, 1280x720 -> 1920x1080)\n",
                     costs.live(args.frames, device)]
+        if "profile" in args.only:
+            out += ["\n### Where a SRResNet-16 training step's time goes (torch.profiler, "
+                    f"{args.profile_steps} bare steps each; share of the operators' self time)\n",
+                    bp.report("SRResNet-16", device, args.profile_steps)]
     text = "\n".join(out)
     print(text)
     if args.md:
-        write_md(args.md, text)
+        write_md(args.md, text, kind)
     return 0
 
 
-def write_md(path: Path, text: str) -> None:
-    """Put ``text`` between the bench markers of ``path`` (appended when it has none)."""
+def markers(kind: str) -> tuple[str, str]:
+    return f"<!-- bench:start {kind} -->", f"<!-- bench:end {kind} -->"
+
+
+def write_md(path: Path, text: str, kind: str) -> None:
+    """Put ``text`` between the bench markers of ``kind`` in ``path``: the section of this
+    kind of machine is replaced, the other machines' are kept; a new kind is appended."""
+    start, end = markers(kind)
     old = path.read_text() if path.exists() else ""
-    block = f"{START}\n{text}\n{END}"
-    if START in old and END in old:
-        new = old[:old.index(START)] + block + old[old.index(END) + len(END):]
+    block = f"{start}\n{text}\n{end}"
+    if start in old and end in old:
+        new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
     else:
-        new = old + ("\n" if old else "") + block + "\n"
+        new = old + ("\n" if old and not old.endswith("\n") else "") + ("\n" if old else "") \
+            + block + "\n"
     path.write_text(new)
 
 
