@@ -313,6 +313,12 @@ def test_explicit_settings_are_used_as_given_without_measuring(monkeypatch, tmp_
                         "sr_ablate.precision_reason": "trainer.precision=fp32",
                         "sr_ablate.channels_last": "true",
                         "sr_ablate.channels_last_reason": "trainer.channels_last=true"}
+    emulated = "this CPU has no native bf16: it is emulated, expect it several times slower"
+    monkeypatch.setattr(speed, "cpu_flags", lambda cpuinfo=None: {"avx2", "avx512f"})
+    assert emulated in speed.choose("bf16", False, torch.device("cpu"), SRResNet()).why_precision
+    monkeypatch.setattr(speed, "cpu_flags", lambda cpuinfo=None: {"avx512f", "avx512_bf16"})
+    assert speed.choose("bf16", False, torch.device("cpu"), SRResNet()).why_precision == \
+        "trainer.precision=bf16"
 
 
 def test_auto_follows_the_measurement_on_this_machine():

@@ -256,6 +256,10 @@ def choose(precision: str, channels_last, device: torch.device, model: torch.nn.
     its = measured(device)["it_per_s"] if auto_p or auto_cl else {}
     if auto_p:
         precision, why_p = _auto_precision(device, model, loss_fn, its)
+    elif precision in ("bf16", "fp16") and device.type == "cpu" and (
+            precision == "fp16" or native_bf16(device) is None):
+        why_p += (f"; this CPU has no native {precision}: it is emulated, expect it several "
+                  "times slower than fp32 (trainer.precision=auto chooses per machine)")
     if not auto_cl:
         return Choice(precision, bool(channels_last), why_p,
                       f"trainer.channels_last={str(channels_last).lower()}")
