@@ -422,3 +422,15 @@ def test_a_resumed_run_keeps_the_settings_it_started_with(store, compose, tmp_pa
     assert row["status"] == "FINISHED" and row["tag:sr_ablate.precision"] == other
     assert row["tag:sr_ablate.channels_last"] == str(not now.channels_last).lower()
     assert row["tag:sr_ablate.precision_reason"] == "auto: elsewhere; kept on resume"
+
+
+def test_a_report_says_when_its_runs_trained_in_different_precisions(knob_runs, tmp_path):
+    """fp32 (twice) and bf16 runs in one table: the report says so, with the counts."""
+    from sr_ablate.report import build
+    uri, out = knob_runs
+    build.write(tracking.runs_frame(uri), tmp_path, "knobs")
+    text = (tmp_path / "results.md").read_text()
+    assert "Trained in different precisions (fp32 ×2, bf16 ×1; tag sr_ablate.precision)" in text
+    one = tracking.runs_frame(uri)
+    build.write(one[one["trainer.precision"] == "bf16"], tmp_path / "one", "bf16 only")
+    assert "Trained in bf16. " in (tmp_path / "one" / "results.md").read_text()

@@ -20,6 +20,7 @@ from sr_ablate.config import validation
 from sr_ablate.core.complexity import count_params
 from sr_ablate.core.degrade import bicubic_up, downscale, imresize
 from sr_ablate.core.evaluate import Evaluator, Protocol, model_input, reference, score, to_metric
+from sr_ablate.training import speed
 from sr_ablate.training.job import instantiate_node
 
 # The bare script: import torch and the model, one Adam step, print the wall clock.
@@ -92,7 +93,10 @@ def sweep_cmd(n: int, uri: str) -> list[str]:
 
 def report(tmp: str, jobs: int, device: torch.device, repeats: int = 3) -> str:
     """Process start -> first step (bare script, the same with MLflow, Lightning, one
-    sr_ablate run; least of ``repeats``) and the cost of each further job of a sweep."""
+    sr_ablate run; least of ``repeats``) and the cost of each further job of a sweep. The
+    speed probe (``trainer.*=auto``) is measured first: a fixed cost paid once per machine,
+    not per process, so it is not timed here."""
+    speed.measured(device)
 
     def sr_ablate_runs(n: int, name: str):
         cwd = Path(tmp) / name

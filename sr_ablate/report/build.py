@@ -57,6 +57,20 @@ def protocol_line(runs: pd.DataFrame) -> str:
     return ", ".join(parts) or "not recorded"
 
 
+def precision_line(runs: pd.DataFrame) -> str:
+    """What the finished runs trained in (tag ``sr_ablate.precision``): one sentence, a
+    warning when they differ (trainer.precision=auto chooses per machine)."""
+    done = runs[runs["status"] == "FINISHED"]
+    col = done.get("tag:sr_ablate.precision", pd.Series("not recorded", index=done.index))
+    counts = col.fillna("not recorded").value_counts()
+    if len(counts) <= 1:
+        return f"Trained in {counts.index[0]}. " if len(counts) else ""
+    mix = ", ".join(f"{k} ×{v}" for k, v in counts.items())
+    return (f"Trained in different precisions ({mix}; tag sr_ablate.precision): bf16 is "
+            "measured equal to fp32 only for SRResNet at trainer=cpu (docs/precision.md); "
+            "to compare variants on training alone, run them with one trainer.precision. ")
+
+
 def baseline_of(runs: pd.DataFrame, definitions: list[str]) -> dict | None:
     """The baseline a sweep file declares (``baseline: <variant>`` or ``{key: value}``)."""
     for text in definitions:
@@ -147,7 +161,8 @@ def _section(title: str, group: pd.DataFrame, suffix: str, out_dir: Path, baseli
     lines = verdicts.lines(table, sets, lambda r, keys=keys: variant_label(r, keys), ALPHA)
     text = (f"{int(table['n'].sum())} finished runs in {len(table)} variants. Protocol: "
             f"{protocol_line(group)}; PSNR/SSIM: mean ± 95% CI over seeds of each set's "
-            f"per-image mean. {_stats_note(table, baseline, sets, len(lines))} wall_s: "
+            f"per-image mean. {precision_line(group)}"
+            f"{_stats_note(table, baseline, sets, len(lines))} wall_s: "
             "seconds from a run's start to its end on the machine that ran it, "
             "comparable only between runs on one otherwise idle machine "
             "(python -m sr_ablate bench measures speed).")
