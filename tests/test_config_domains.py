@@ -97,6 +97,9 @@ def invalid_values(d: Domain) -> dict[str, object]:
     elif d.kind == "bool":
         out.update({"string": "maybe", "yes": "yes", "int 2": 2, "int 0": 0, "float": 1.5,
                     "empty": "", "list": [True]})
+    elif d.kind == "switch":  # true, false or a word such as auto
+        out.update({"string": "maybe", "yes": "yes", "case": "AUTO", "int 2": 2, "int 0": 0,
+                    "float": 1.5, "empty": "", "list": [True], "dict": {"a": 1}})
     elif d.kind == "str":
         out.update({"empty": "", "blank": "  ", "list": ["a"], "dict": {"a": 1}})
         if d.choices:
@@ -234,6 +237,8 @@ def bad(d: Domain) -> st.SearchStrategy:
                  st.from_regex(r"file:(//)?/?[a-z0-9_/]{0,12}", fullmatch=True)]
     elif d.kind == "str":
         more.append(st.text(" \t", min_size=1))
+    elif d.kind == "switch":
+        more.append(st.text(SAFE_TEXT, min_size=1).filter(lambda s: s not in d.choices))
     elif d.kind == "list":
         n = d.length or 1
         more.append(st.builds(lambda v: [v] + [example(d.item)] * (n - 1), bad(d.item)))

@@ -204,7 +204,7 @@ def measured(device: torch.device) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = open(path.with_suffix(".lock"), "w")
     except OSError as e:  # read-only home: measure for this process only
-        entry = _new_entry(device, f"not cached: {e.strerror}: {path.parent}")
+        entry = _new_entry(device, f"not cached: {path.parent}: {e.strerror}")
         _measured[key] = entry
         return entry
     with lock:
@@ -212,7 +212,7 @@ def measured(device: torch.device) -> dict:
         cache = _read(path)
         entry = cache.get(key)
         if entry is None or not isinstance(entry.get("it_per_s"), dict):
-            entry = _new_entry(device, str(path))
+            entry = _new_entry(device, f"kept in {path}")
             cache[key] = entry
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
@@ -223,8 +223,8 @@ def measured(device: torch.device) -> dict:
 
 
 def _new_entry(device: torch.device, where: str) -> dict:
-    print(f"sr_ablate: measuring the speed settings on this machine (once; kept in {where})",
-          file=sys.stderr, flush=True)
+    print(f"sr_ablate: measuring the speed settings on this machine (about 10 s, once; "
+          f"{where})", file=sys.stderr, flush=True)
     return {"it_per_s": measure(device), "probe": PROBE,
             "measured": datetime.datetime.now().isoformat(timespec="seconds")}
 
@@ -251,19 +251,21 @@ def not_proven(model: torch.nn.Module, loss_fn: torch.nn.Module | None) -> str |
 def choose(precision: str, channels_last, device: torch.device, model: torch.nn.Module,
            loss_fn: torch.nn.Module | None = None) -> Choice:
     """Resolve ``trainer.precision`` / ``trainer.channels_last`` (either may be ``auto``)."""
-    auto_p, auto_cl = precision == "auto", channels_last == "auto"
     why_p = f"trainer.precision={precision}"
-    its = measured(device)["it_per_s"] if auto_p or auto_cl else {}
-    if auto_p:
+
+    def its() -> dict[str, float]:  # measured only when a choice needs it
+        return measured(device)["it_per_s"]
+    if precision == "auto":
         precision, why_p = _auto_precision(device, model, loss_fn, its)
     elif precision in ("bf16", "fp16") and device.type == "cpu" and (
             precision == "fp16" or native_bf16(device) is None):
         why_p += (f"; this CPU has no native {precision}: it is emulated, expect it several "
                   "times slower than fp32 (trainer.precision=auto chooses per machine)")
-    if not auto_cl:
+    if channels_last != "auto":
         return Choice(precision, bool(channels_last), why_p,
                       f"trainer.channels_last={str(channels_last).lower()}")
-    base, cl = its.get(precision), its.get(f"{precision}+channels_last")
+    measured_its = its()
+    base, cl = measured_its.get(precision), measured_its.get(f"{precision}+channels_last")
     if not base or not cl:
         return Choice(precision, False, why_p, f"auto: not measured for {precision}")
     ratio = cl / base
@@ -272,13 +274,16 @@ def choose(precision: str, channels_last, device: torch.device, model: torch.nn.
                   f"(taken from {FASTER['channels_last']:.2f}x)")
 
 
-def _auto_precision(device, model, loss_fn, its: dict) -> tuple[str, str]:
+def _auto_precision(device, model, loss_fn, rates) -> tuple[str, str]:
+    """(precision, why) for ``auto``; ``rates()`` gives the probe's it/s (measured on first
+    use)."""
     native = native_bf16(device)
     if native is None:
         return "fp32", f"auto: no native bf16 on this {device.type} device"
     unproven = not_proven(model, loss_fn)
     if unproven:
         return "fp32", f"auto: {unproven} (docs/precision.md)"
+    its = rates()
     fp32 = max(its.get("fp32", 0.0), its.get("fp32+channels_last", 0.0))
     bf16 = max(its.get("bf16", 0.0), its.get("bf16+channels_last", 0.0))
     ratio = bf16 / fp32 if fp32 else 0.0
