@@ -238,8 +238,8 @@ def _main(argv: list[str], config_dir: str | None) -> int:
 
     code, status = 0, None
     try:
-        if sweep is not None:  # auto speed settings measured once, not by parallel jobs at once
-            t = cfg.trainer
+        if sweep is not None and "hydra/launcher=joblib" in argv:
+            t = cfg.trainer  # auto speed settings measured once, not by parallel jobs at once
             speed.prepare(t.precision, t.channels_last, t.device,
                           int(os.environ.get(resources.THREADS_ENV, 0)) or None)
         task()
