@@ -116,8 +116,13 @@ def test_grid_rerun_skips_finished_reruns_failed_and_force_runs_all(tmp_path):
 
 @pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_joblib_runs_two_jobs_in_parallel_on_a_fresh_store(tmp_path):
-    out = cli([*SWEEP, "hydra/launcher=joblib"], tmp_path)
+    """... and on a fresh speed cache: the launcher measures the probe once, before the jobs
+    start, and the parallel jobs read it (none measures beside another)."""
+    cache = tmp_path / "speed-cache"
+    out = cli([*SWEEP, "hydra/launcher=joblib"], tmp_path, env={"SR_ABLATE_CACHE": str(cache)})
     assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stderr.count("measuring the speed settings on this machine") == 1
+    assert (cache / "speed.json").is_file()
     parallel, threads = resources.plan(2, None, resources.cores())
     assert f"{parallel} job(s) at a time, {threads} thread(s) each" in out.stderr
     assert "2 ran" in out.stderr
