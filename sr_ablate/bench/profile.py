@@ -4,8 +4,6 @@ profile``). The groups are what a change of layout or precision can act on: conv
 the casts autocast adds, layout copies, normalisation and activations, the optimiser."""
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -38,23 +36,16 @@ def _group(name: str) -> str:
 def step_profile(s: bt.Setup, steps: int, autocast: torch.dtype | None = None
                  ) -> tuple[dict[str, float], float]:
     """({group: share of the operators' self time}, ms per step) over ``steps`` bare steps."""
-    amp = torch.autocast(s.device.type, autocast) if autocast else nullcontext()
     bt.bare_its(s, 2, autocast=autocast)  # warm: kernels chosen before the profile
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if s.device.type == "cuda" else [])
     with profile(activities=acts) as prof:
-        for i in range(steps):
-            lq, gt = s.pool[i % len(s.pool)]
-            with amp:
-                loss = s.loss_fn(s.model(lq), gt)
-            s.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            s.optimizer.step()
-        loss.item()
+        bt.bare_its(s, steps, autocast=autocast)  # the benchmark's own bare loop, profiled
     device_time = s.device.type == "cuda"
     shares: dict[str, float] = {}
     for ev in prof.key_averages():
         t = ev.self_device_time_total if device_time else ev.self_cpu_time_total
-        shares[_group(ev.key)] = shares.get(_group(ev.key), 0.0) + t
+        group = _group(ev.key)
+        shares[group] = shares.get(group, 0.0) + t
     total = sum(shares.values()) or 1.0
     ms = total / 1e3 / steps
     return {k: v / total for k, v in sorted(shares.items(), key=lambda kv: -kv[1])}, ms

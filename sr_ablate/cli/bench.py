@@ -128,7 +128,8 @@ def knobs(s: bt.Setup, name, overrides, batch, patch, device, steps, rounds, gfl
         for k, f in runs.items():
             slow = k in reduced and best[k] and best[k] < 0.5 * best["base"]
             if not slow:  # one round says enough of a 2x (or worse) slowdown
-                # a bf16 step is about twice as fast: as many steps take half the time
+                # fewer steps for the reduced precisions: where the CPU emulates them a
+                # step takes several times as long
                 best[k] = max(best[k], f(steps if k not in reduced else max(2, steps // 5)))
     b, bf16 = best["base"], max(best["bf16"], best["bf16cl"])
     return [f"{b:.3f}", f"{best['cl'] / b:.2f}x", f"{best['compile'] / b:.2f}x ({took:.0f} s)",
