@@ -107,18 +107,29 @@ def test_table_numbers_equal_the_mlflow_metrics(reported):
     def psnr(run):  # per image, ordered by image name
         rows = per_image[run.info.run_id]
         return rows[rows["set"] == "val"].sort_values("image")["psnr"].to_numpy()
-    # the unit is the image: each variant's per-image PSNR averaged over its 2 seeds first
+    # over images: each variant's per-image PSNR averaged over its 2 seeds first
     a = np.mean([psnr(r) for r in mine["b1"]], axis=0)
     b = np.mean([psnr(r) for r in mine["b2"]], axis=0)
     assert len(a) == 8  # the built-in validation photographs
-    expected = stats.wilcoxon(a - b, zero_method="zsplit").pvalue
-    assert b1["val/p_baseline"] == pytest.approx(expected)
+    p_images = stats.wilcoxon(a - b, method="exact").pvalue
+    assert b1["val/p_images"] == pytest.approx(p_images)
     assert b1["val/n_images"] == 8
     d = a - b
-    half = stats.t.ppf(0.975, 7) * d.std(ddof=1) / np.sqrt(8)
-    assert (b1["val/dpsnr_lo"], b1["val/dpsnr_hi"]) == pytest.approx(
-        (d.mean() - half, d.mean() + half))
-    assert b1["val/p_holm"] == pytest.approx(expected)  # one comparison: Holm changes nothing
+    # the signed-rank interval of 8 pairs: P(T <= 3) = 5/256 <= 0.025 < P(T <= 4) = 7/256, so
+    # it runs from the 4th smallest to the 4th largest of the 36 Walsh averages
+    walsh = np.sort([(d[i] + d[j]) / 2 for i in range(8) for j in range(i, 8)])
+    assert (b1["val/dpsnr_lo"], b1["val/dpsnr_hi"]) == pytest.approx((walsh[3], walsh[-4]))
+    assert b1["val/dpsnr_shift"] == pytest.approx(np.median(walsh))
+    assert b1["val/dpsnr_baseline"] == pytest.approx(d.mean())
+    # over runs: the per-seed set means, paired by seed (both variants ran seeds 0 and 1)
+    by_seed = {v: sorted(mine[v], key=lambda r: r.data.params["seed"]) for v in mine}
+    ma, mb = ([psnr(r).mean() for r in by_seed[v]] for v in ("b1", "b2"))
+    p_runs = stats.ttest_rel(ma, mb).pvalue
+    assert b1["val/p_runs"] == pytest.approx(p_runs) and b1["val/paired"]
+    # the claim "over images and over runs" is tested by the larger p; one comparison: Holm
+    # changes nothing
+    assert b1["val/p_baseline"] == pytest.approx(max(p_images, p_runs))
+    assert b1["val/p_holm"] == pytest.approx(max(p_images, p_runs))
 
 
 def test_make_report_skips_experiments_without_new_runs(reported):

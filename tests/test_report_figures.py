@@ -18,6 +18,7 @@ from PIL import Image
 from sr_ablate import tracking
 from sr_ablate.report import html
 from sr_ablate.report.build import results_table
+from sr_ablate.report.source import StoreSource
 
 # (model, blocks, seed): two SRResNet depths x two seeds, two VDSR (Y channel) depths.
 RUNS = [("srresnet", 1, 0), ("srresnet", 1, 1), ("srresnet", 2, 0), ("srresnet", 2, 1),
@@ -55,7 +56,7 @@ def subset(runs, keep):
 def draw(smoke_store, keep):
     uri, runs = smoke_store
     group, table = subset(runs, keep)
-    return html.draw(uri, group, table), table
+    return html.draw(StoreSource(uri), group, table), table
 
 
 def overlap(a, b, tol=0.5) -> bool:
@@ -232,8 +233,8 @@ def test_comparison_tiles_of_a_y_model():
 def test_figures_saves_what_it_draws(smoke_store, tmp_path):
     uri, runs = smoke_store
     group, table = subset(runs, RUNS)
-    paths = html.figures(uri, group, table, tmp_path, "-fp")
-    drawn = html.draw(uri, group, table)
+    paths = html.figures(StoreSource(uri), group, table, tmp_path, "-fp")
+    drawn = html.draw(StoreSource(uri), group, table)
     assert sorted(paths) == sorted(f"plots/{k}-fp.png" for k in drawn)
     for stem, fig in drawn.items():  # each file holds that figure's pixels, legends included
         buf = io.BytesIO()

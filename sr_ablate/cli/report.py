@@ -5,6 +5,11 @@ Writes ``reports/<name>/``: ``results.{md,csv,tex}``, a self-contained ``index.h
 plots, one table per evaluation protocol and model family, with the verdict of every
 comparison with the baseline (see docs/protocol.md#statistics).
 
+``--export DIR``: also writes DIR, what the report is made from (the runs, their metric
+histories, per-image results and comparison crops; never weights); ``--from DIR [--out OUT]``
+rebuilds the report from such a folder with the current code, no MLflow store needed
+(``report.source`` describes the folder).
+
 ``--register NAME --metric set5/psnr``: the finished run of the experiment or sweep that is
 best by that metric becomes a new version of the registered model NAME, with the alias
 ``best`` (``sr-ablate upscale model=models:/NAME@best``); the version is tagged with the
@@ -14,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from sr_ablate import UserError, tracking
-from sr_ablate.report import artifacts, html
+from sr_ablate.report import artifacts, export, html
 from sr_ablate.report.build import (
     baseline_of,
     expected_variants,
@@ -29,6 +33,7 @@ from sr_ablate.report.build import (
     select,
     write,
 )
+from sr_ablate.report.source import ExportSource, Source, StoreSource
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,29 +46,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="reports", help="output folder (default: reports)")
     ap.add_argument("--baseline", default=None, help="baseline variant: a variant name or "
                     "key=value[,key=value] (default: the sweep file's 'baseline')")
+    ap.add_argument("--effect", type=float, default=None, metavar="DB", help="the difference "
+                    "(dB) that the seeds-needed estimate of an undecided comparison is for "
+                    "(default: the observed difference)")
     ap.add_argument("--register", metavar="NAME", default=None, help="register the best run's "
                     "MLflow Model as NAME, alias @best (needs --metric)")
     ap.add_argument("--metric", default=None, help="what --register chooses by, e.g. "
                     "set5/psnr (highest wins; lowest for --lowest)")
     ap.add_argument("--lowest", action="store_true", help="--metric: lower is better "
                     "(a loss, ms per frame)")
+    ap.add_argument("--export", metavar="DIR", default=None, help="also write DIR: what the "
+                    "report is made from (runs, metric histories, per-image results, "
+                    "comparison crops; never weights), for --from")
+    ap.add_argument("--from", dest="source", metavar="DIR", default=None, help="rebuild the "
+                    "report from an export folder (--export) instead of the MLflow store "
+                    "(default names: the ones it was exported for)")
     args = ap.parse_args(argv)
     if args.register and (not args.metric or len(args.names) > 1):
         print("error: --register needs --metric <key> (e.g. set5/psnr) and at most one "
               "experiment or sweep id", file=sys.stderr)
         return 2
-    uri = tracking.store_uri(args.uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        print(f"error: no MLflow store at {uri}; run `python -m sr_ablate` first or pass --uri",
-              file=sys.stderr)
+    try:
+        source = _open(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    runs = tracking.runs_frame(uri, parents=True)
-    role = runs.get("tag:sr_ablate.role", pd.Series(index=runs.index, dtype=str))
-    parents, runs = runs[role == "sweep"], runs[role != "sweep"]
+    frame = source.runs_frame()
+    role = frame.get("tag:sr_ablate.role", pd.Series(index=frame.index, dtype=str))
+    parents, runs = frame[role == "sweep"], frame[role != "sweep"]
     if runs.empty:
-        print(f"error: no runs in {uri}; run `python -m sr_ablate` first", file=sys.stderr)
+        print(f"error: no runs in {source}; run `python -m sr_ablate` first", file=sys.stderr)
         return 2
-    names = args.names or sorted(runs["experiment"].unique())
+    names = args.names or source.names or sorted(runs["experiment"].unique())
     for name in names:
         sub = select(runs, name, parents)
         if sub.empty:
@@ -72,23 +86,28 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         out = Path(args.out) / name
         stamp = str(sub["end_time"].max())
-        if not args.names and (out / ".runs").is_file() and (out / ".runs").read_text() == stamp:
+        if not args.names and not args.source and (out / ".runs").is_file() and (
+                out / ".runs").read_text() == stamp:
             print(f"{out}: up to date")
             continue
-        definitions = [tracking.sweep_definition(uri, s) or "" for s in
+        definitions = [source.sweep_definition(s) or "" for s in
                        sub.get("tag:sr_ablate.sweep_id", pd.Series(dtype=str)).dropna().unique()]
         baseline = _parse_baseline(args.baseline) or baseline_of(sub, definitions)
-        with tempfile.TemporaryDirectory() as tmp:
-            per_image = artifacts.fetch_per_image(uri, sub, Path(tmp))
-            write(sub, out, name, baseline, per_image,
-                  figures=lambda g, t, d, s: html.figures(uri, g, t, d, s),
-                  rises=rises_of(uri, sub), expected=expected_variants(definitions),
-                  failures=failures_of(parents, sub, name))
-        (out / ".runs").write_text(stamp)
+        write(sub, out, name, baseline, artifacts.fetch_per_image(source, sub),
+              figures=lambda g, t, d, s: html.figures(source, g, t, d, s),
+              rises=rises_of(source, sub), expected=expected_variants(definitions),
+              failures=failures_of(parents, sub, name), effect=args.effect,
+              definitions=definitions)
+        if not args.source:  # what `make report` compares to skip a store's unchanged runs
+            (out / ".runs").write_text(stamp)
         print(f"{out / 'results.md'}\n{(out / 'results.md').read_text()}")
+    if args.export:
+        folder = export.write(source, frame, names, Path(args.export))
+        print(f"{folder}: what the report is made from; rebuild it with "
+              f"`sr-ablate report --from {folder}`")
     if args.register:
         try:
-            print(_register(uri, select(runs, names[0], parents), names[0], args))
+            print(_register(source.uri, select(runs, names[0], parents), names[0], args))
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -116,6 +135,23 @@ def _register(uri: str, runs: pd.DataFrame, name: str, args) -> str:
         line += (f"; it is below bicubic ({bicubic:.4f}): undertrained, read the report's "
                  "verdicts before using it")
     return line
+
+
+def _open(args) -> Source:
+    """What the report reads: the export folder of ``--from``, else the MLflow store; checks
+    first that an ``--export`` folder may be replaced. UserError (one line) when it cannot."""
+    if args.export:
+        export.target(Path(args.export))
+    if args.source:
+        if args.uri or args.register:
+            raise UserError("--from reads an export folder: --uri and --register need the "
+                            "MLflow store")
+        return ExportSource(Path(args.source))
+    uri = tracking.store_uri(args.uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise UserError(f"no MLflow store at {uri}; run `python -m sr_ablate` first or pass "
+                        "--uri")
+    return StoreSource(uri)
 
 
 def _parse_baseline(text: str | None) -> dict | None:

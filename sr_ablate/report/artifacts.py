@@ -1,5 +1,6 @@
-"""What the report fetches from MLflow besides the runs table: per-image metrics, metric
-histories and the comparison crops each run logged."""
+"""What the report fetches besides the runs table: per-image metrics, metric histories and
+the comparison crops each run logged, from a ``report.source.Source`` (the MLflow store or an
+export folder)."""
 from __future__ import annotations
 
 import tempfile
@@ -9,25 +10,25 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from sr_ablate import tracking
+from sr_ablate.report.source import Source
 
 
-def fetch_per_image(uri: str, runs: pd.DataFrame, tmp: Path) -> dict[str, pd.DataFrame]:
+def fetch_per_image(source: Source, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """``per_image.csv`` of every FINISHED run (set, image, psnr, ssim...), by run id."""
     out = {}
     for run_id in runs.loc[runs["status"] == "FINISHED", "run_id"]:
-        path = tracking.fetch_artifact(uri, run_id, "per_image.csv", tmp / run_id)
-        if path is not None:
-            out[run_id] = pd.read_csv(path)
+        rows = source.per_image(run_id)
+        if rows is not None:
+            out[run_id] = rows
     return out
 
 
-def histories(uri: str, run_ids, key: str) -> list[dict[int, float]]:
+def histories(source: Source, run_ids, key: str) -> list[dict[int, float]]:
     """{step: value} of metric ``key`` for each run in ``run_ids``."""
-    return [dict(tracking.metric_history(uri, r, key)) for r in run_ids]
+    return [dict(source.metric_history(r, key)) for r in run_ids]
 
 
-def comparisons(uri: str, runs: list[pd.DataFrame], labels: list[str]
+def comparisons(source: Source, runs: list[pd.DataFrame], labels: list[str]
                 ) -> list[tuple[str, np.ndarray]]:
     """(label, ``comparison.png`` of the variant's first run as an array) for each variant
     that has one."""
@@ -36,8 +37,7 @@ def comparisons(uri: str, runs: list[pd.DataFrame], labels: list[str]
         for i, (label, r) in enumerate(zip(labels, runs)):
             if r.empty:
                 continue
-            p = tracking.fetch_artifact(uri, r["run_id"].iloc[0], "comparison.png",
-                                        Path(tmp) / str(i))
+            p = source.artifact(r["run_id"].iloc[0], "comparison.png", Path(tmp) / str(i))
             if p is not None:
                 found.append((label, np.asarray(Image.open(p))))
     return found

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import shlex
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from sr_ablate import tracking
 from sr_ablate.report import html, verdicts
 from sr_ablate.report.formats import display, to_latex, to_markdown, variant_label
 from sr_ablate.report.table import (
@@ -101,13 +102,16 @@ def _tables(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 def write(runs: pd.DataFrame, out_dir: Path, name: str, baseline: dict | None = None,
           per_image: dict | None = None, figures=None, rises: dict | None = None,
-          expected: list[dict] | None = None, failures: list | None = None) -> pd.DataFrame:
+          expected: list[dict] | None = None, failures: list | None = None,
+          effect: float | None = None, definitions: list[str] | None = None) -> pd.DataFrame:
     """Write results.{md,csv,tex} and index.html for one experiment's runs; returns the
     (first) table. ``figures(group, table, out_dir, suffix)`` may draw plots for a group and
     return their paths (relative to ``out_dir``), which both documents show. ``rises``:
     ``verdicts.last_rise`` of each run's validation curve; ``expected``: the variants the
     sweep asked for ({key: value} each), listed as missing when no run of theirs finished,
-    with the error of their job from ``failures`` ([job overrides, message]) when known.
+    with the error of their job from ``failures`` ([job overrides, message]) when known;
+    ``effect``: the difference (dB) the seeds-needed estimates are for (default: the
+    observed one); ``definitions``: the sweeps' definitions (the command that adds seeds).
 
     Runs with different evaluation fingerprints or of different model families go to
     separate tables (``results.csv`` for the largest group, ``results-<n>.csv`` for the
@@ -129,7 +133,8 @@ def write(runs: pd.DataFrame, out_dir: Path, name: str, baseline: dict | None = 
     sections, first = [], None
     for i, (title, group) in enumerate(groups):
         table, section = _section(title, group, "" if i == 0 else f"-{i + 1}", out_dir,
-                                  baseline, per_image, rises, figures)
+                                  baseline, per_image, rises, figures, effect,
+                                  seeds_command(group, definitions or []))
         sections.append(section)
         first = table if first is None else first
     missing = [e for e in expected or [] if _matching(kept, e).empty]
@@ -149,20 +154,24 @@ def write(runs: pd.DataFrame, out_dir: Path, name: str, baseline: dict | None = 
 
 
 def _section(title: str, group: pd.DataFrame, suffix: str, out_dir: Path, baseline, per_image,
-             rises, figures) -> tuple[pd.DataFrame, dict]:
+             rises, figures, effect=None, add_seeds=None) -> tuple[pd.DataFrame, dict]:
     """One table: its rows written to results{suffix}.csv/.tex, and the section the documents
     show (title, explanation, displayed table, plots, verdict lines)."""
-    table = results_table(group, baseline, per_image, rises)
+    table = results_table(group, baseline, per_image, rises, effect)
+    sets = eval_sets(group[group["status"] == "FINISHED"].dropna(axis=1, how="all"))
+    verdicts.mark(table, sets, ALPHA)
     table.to_csv(out_dir / f"results{suffix}.csv", index=False)
     shown = display(table)
     (out_dir / f"results{suffix}.tex").write_text(to_latex(shown))
-    sets = eval_sets(group[group["status"] == "FINISHED"].dropna(axis=1, how="all"))
     keys = factors(group)
-    lines = verdicts.lines(table, sets, lambda r, keys=keys: variant_label(r, keys), ALPHA)
+    lines = verdicts.lines(table, sets, lambda r, keys=keys: variant_label(r, keys), ALPHA,
+                           add_seeds)
+    tested = int(sum(table[f"{s}/p_holm"].notna().sum() for s in sets
+                     if f"{s}/p_holm" in table))
     text = (f"{int(table['n'].sum())} finished runs in {len(table)} variants. Protocol: "
             f"{protocol_line(group)}; PSNR/SSIM: mean ± 95% CI over seeds of each set's "
             f"per-image mean. {precision_line(group)}"
-            f"{_stats_note(table, baseline, sets, len(lines))} wall_s: "
+            f"{_stats_note(table, baseline, sets, tested)} wall_s: "
             "seconds from a run's start to its end on the machine that ran it, "
             "comparable only between runs on one otherwise idle machine "
             "(python -m sr_ablate bench measures speed).")
@@ -188,13 +197,59 @@ def _stats_note(table: pd.DataFrame, baseline: dict | None, sets: list[str], tes
     name = ", ".join(f"{k}={v}" for k, v in baseline.items())
     if not table["baseline"].any():
         return f"The baseline ({name}) has no finished run here: no comparisons."
-    return (f"Δ against the baseline ◆ ({name}) with its 95% interval over images; p: paired "
-            f"Wilcoxon signed-rank test over images (each variant's per-image PSNR averaged "
-            f"over its seeds first), Holm-corrected over the family of the {tests} "
-            f"comparisons of this table (every variant × set: {', '.join(sets)}); * = "
-            f"significant at α={ALPHA}. Verdicts withhold a conclusion for a model below "
-            f"bicubic, one not converged ({RULE}), or too few images for the test to ever "
-            "reach α.")
+    return (f"Δ against the baseline ◆ ({name}): the mean difference over the images and runs "
+            "the comparison uses, with the signed-rank shift (Hodges–Lehmann) and two 95% "
+            "intervals: over images (exact signed-rank interval of the shift of the "
+            "seed-averaged per-image PSNR) and over runs (t-interval of the difference of "
+            "per-seed set means: paired over shared seeds, else Welch). A design is called "
+            "better or worse only when both tests reject (p of the claim = the larger p), "
+            f"Holm-corrected over the family of the {tests} comparisons that have a p in this "
+            f"table (every variant × set: {', '.join(sets)}), at α={ALPHA}; with one seed on a "
+            "side only the images are tested and the verdict speaks of the trained models. "
+            f"Verdicts withhold a conclusion for a model below bicubic, one not converged or "
+            f"unstable ({RULE}), or a comparison that could not reach α in this family "
+            "(underpowered). ")
+
+
+def seeds_command(group: pd.DataFrame, definitions: list[str]) -> Callable[[int], str] | None:
+    """``add(n)``: the command that brings every variant of ``group`` to ``n`` seeds (the
+    study's command with new seeds, the runs' common extra overrides kept); None when the
+    runs' study command is unknown."""
+    cmd = None
+    for text in definitions:
+        try:
+            spec = yaml.safe_load(text)
+        except yaml.YAMLError:
+            continue
+        if isinstance(spec, dict) and spec.get("study"):
+            cmd, own = f"python -m sr_ablate sweep={spec['study']}", spec.get("overrides") or []
+            break
+        if isinstance(spec, dict) and spec.get("command"):
+            cmd, own = "python -m sr_ablate " + " ".join(
+                t for t in str(spec["command"]).split() if not t.startswith("seed=")), []
+            break
+    if cmd is None:
+        return None
+    if "seed" not in group:
+        return None
+    tokens = [set(str(t).split()) for t in group.get("tag:overrides", pd.Series(dtype=str))
+              .fillna("")]
+    common = set.intersection(*tokens) if tokens else set()
+    extra = sorted(t for t in common if t not in own and t not in cmd.split()
+                   and t.lstrip("+~").split("=")[0] not in _GENERATED)
+    done = sorted({int(v) for v in group["seed"].dropna() if str(v).lstrip("-").isdigit()})
+    have = int(group.groupby(factors(group) or (lambda _: 0), dropna=False).size().min())
+
+    def add(n: int) -> str:
+        new, k = [], (done[-1] + 1 if done else 0)
+        while len(new) < n - have:
+            new.append(str(k))
+            k += 1
+        return " ".join([cmd, *(shlex.quote(t) for t in extra), f"seed={','.join(new)}"])
+    return add
+
+
+_GENERATED = {"study", "tracking.experiment", "study_variant", "seed", "variant"}
 
 
 def _matching(runs: pd.DataFrame, expected: dict) -> pd.DataFrame:
@@ -280,9 +335,9 @@ def failures_of(parents: pd.DataFrame, runs: pd.DataFrame, name: str) -> list:
     return [f for text in mine[col].dropna() for f in json.loads(text)]
 
 
-def rises_of(uri: str, runs: pd.DataFrame) -> dict[str, float]:
+def rises_of(source, runs: pd.DataFrame) -> dict[str, float]:
     """``verdicts.last_rise`` of each FINISHED run's validation PSNR curve (``val/psnr``, else
-    its first set's)."""
+    its first set's), read from ``source`` (a ``report.source.Source``)."""
 
     out = {}
     for _, r in runs[runs["status"] == "FINISHED"].iterrows():
@@ -290,5 +345,5 @@ def rises_of(uri: str, runs: pd.DataFrame) -> dict[str, float]:
             (c for c in r.index if c.endswith("/psnr") and "bicubic" not in c
              and not pd.isna(r[c])), None)
         if key:
-            out[r["run_id"]] = last_rise(tracking.metric_history(uri, r["run_id"], key))
+            out[r["run_id"]] = last_rise(source.metric_history(r["run_id"], key))
     return out

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from sr_ablate.report.table import ALPHA
-
 
 def display(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as people read it: ``mean ± ci``, Δ with sign, p with ``*`` when significant
-    after Holm, thousands separators; one column per quantity."""
+    """The table as people read it: ``mean ± ci``, Δ with sign and its interval over images,
+    the Holm p and the verdict mark (better / worse / no difference / cannot tell),
+    thousands separators; one column per quantity."""
     sets = [c[:-len("/psnr")] for c in table.columns if c.endswith("/psnr")
             and not c.endswith("bicubic_psnr")]
     keys = [c for c in table.columns if "/" not in c and c not in
@@ -36,8 +35,11 @@ def display(table: pd.DataFrame) -> pd.DataFrame:
                                                      f" [{lo:+.2f}, {hi:+.2f}]")
                 for d, lo, hi in zip(table[f"{s}/dpsnr_baseline"], table[f"{s}/dpsnr_lo"],
                                      table[f"{s}/dpsnr_hi"])]
-            out[f"{s}/p_holm"] = [("" if pd.isna(h) else f"{h:.3g}" + (" *" if h < ALPHA else ""))
+            # the verdict, never a bare star: a small p under "cannot tell" is no finding
+            out[f"{s}/p_holm"] = [("" if pd.isna(h) else f"{h:.3g}")
                                   for h in table[f"{s}/p_holm"]]
+            if f"{s}/verdict" in table:
+                out[f"{s}/verdict"] = table[f"{s}/verdict"].fillna("")
     fmt = {"train/loss": "{:.4g}", "model/params": "{:,.0f}", "model/gflops": "{:.3g}",
            "model/ms_per_frame": "{:.1f}", "model/s_per_30_frames": "{:.2f}", "wall_s": "{:.0f}"}
     for c, f in fmt.items():

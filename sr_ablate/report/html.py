@@ -22,6 +22,7 @@ from matplotlib.patches import Patch
 
 from sr_ablate.report import artifacts
 from sr_ablate.report import figures as rp
+from sr_ablate.report.source import Source
 from sr_ablate.report.table import factors
 
 DPI = 110
@@ -32,9 +33,10 @@ def psnr_column(table: pd.DataFrame) -> str:
     return next(c for c in table.columns if c.endswith("/psnr") and "bicubic" not in c)
 
 
-def draw(uri: str, group: pd.DataFrame, table: pd.DataFrame) -> dict[str, Figure]:
+def draw(source: Source, group: pd.DataFrame, table: pd.DataFrame) -> dict[str, Figure]:
     """The figures of one table, unsaved: {file stem: matplotlib Figure}, e.g. ``curves``,
-    ``psnr_vs_model_blocks``, ``pareto``, ``crops`` (a figure with nothing to show is left out)."""
+    ``psnr_vs_model_blocks``, ``pareto``, ``crops`` (a figure with nothing to show is left out);
+    histories and crops read from ``source``."""
     done = group[group["status"] == "FINISHED"]
     keys = [k for k in factors(done) if k in table]
     labels = rp.variant_labels(table, keys)
@@ -43,8 +45,8 @@ def draw(uri: str, group: pd.DataFrame, table: pd.DataFrame) -> dict[str, Figure
     set_name = psnr.split("/")[0]
     out: dict[str, Figure] = {}
 
-    histories = [(label, artifacts.histories(uri, r["run_id"], psnr),
-                  artifacts.histories(uri, r["run_id"], "train/loss"))
+    histories = [(label, artifacts.histories(source, r["run_id"], psnr),
+                  artifacts.histories(source, r["run_id"], "train/loss"))
                  for label, r in zip(labels, runs)]
     out["curves"] = rp.curves(histories, list(table[f"{set_name}/bicubic_psnr"]), set_name)
 
@@ -62,19 +64,19 @@ def draw(uri: str, group: pd.DataFrame, table: pd.DataFrame) -> dict[str, Figure
              if c in table and table[c].notna().any()]
     if costs:
         out["pareto"] = rp.pareto_plot(table, costs, psnr)
-    tiles = crop_tiles(uri, runs, labels)
+    tiles = crop_tiles(source, runs, labels)
     if tiles:
         out["crops"] = crop_grid(tiles)
     return out
 
 
-def figures(uri: str, group: pd.DataFrame, table: pd.DataFrame, out_dir: Path,
+def figures(source: Source, group: pd.DataFrame, table: pd.DataFrame, out_dir: Path,
             suffix: str) -> list[str]:
     """Draw the plots of one table into ``out_dir/plots``; their paths relative to ``out_dir``."""
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
     written = []
-    for stem, fig in draw(uri, group, table).items():
+    for stem, fig in draw(source, group, table).items():
         path = plots / f"{stem}{suffix}.png"
         # tight: whatever was drawn outside the axes (legends, keys) is kept, not cropped
         fig.savefig(path, dpi=DPI, bbox_inches="tight")
@@ -82,12 +84,12 @@ def figures(uri: str, group: pd.DataFrame, table: pd.DataFrame, out_dir: Path,
     return written
 
 
-def crop_tiles(uri: str, runs: list[pd.DataFrame], labels: list[str]
+def crop_tiles(source: Source, runs: list[pd.DataFrame], labels: list[str]
                ) -> list[tuple[str, np.ndarray]]:
     """HR, bicubic, then each variant's SR tile of the same centre crop, from each variant's
     first run's ``comparison.png`` (bicubic | SR | HR); HR and bicubic from the first colour
     one, so that a gray (older Y-model) image does not make them gray."""
-    found = artifacts.comparisons(uri, runs, labels)
+    found = artifacts.comparisons(source, runs, labels)
     if not found:
         return []
     ref = next((img for _, img in found if img.ndim == 3), found[0][1])

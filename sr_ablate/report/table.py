@@ -13,7 +13,8 @@ import math
 import pandas as pd
 
 from sr_ablate.config.hashing import NOT_FACTORS, REPEATS
-from sr_ablate.report.stats import diff_ci, holm, mean_ci, paired_p, seed_mean
+from sr_ablate.report.compare import COLUMNS, compare, family, per_seed
+from sr_ablate.report.stats import mean_ci
 
 COST = ["train/loss", "model/params", "model/gflops", "model/ms_per_frame",
         "model/s_per_30_frames", "wall_s"]
@@ -101,16 +102,20 @@ def families(runs: pd.DataFrame) -> list[pd.DataFrame]:
 
 def results_table(runs: pd.DataFrame, baseline: dict | None = None,
                   per_image: dict[str, pd.DataFrame] | None = None,
-                  rises: dict[str, float] | None = None) -> pd.DataFrame:
+                  rises: dict[str, float] | None = None, effect: float | None = None
+                  ) -> pd.DataFrame:
     """One row per variant of the FINISHED runs: ``run_id`` (short ids), the factors, ``n``,
     ``seed`` (the pooled seeds), per set ``<set>/psnr`` (mean over seeds), ``<set>/psnr_ci``
     (95% half width over seeds), the same for SSIM, bicubic means, ``<set>/dpsnr_bicubic``;
     ``val_rise`` (dB the mean validation curve gained at its last evaluation, from
-    ``rises[run_id]``). With a ``baseline`` ({factor: value}) also, per set,
-    ``<set>/dpsnr_baseline`` with its 95% interval over images ``<set>/dpsnr_lo|hi``,
-    ``<set>/n_images`` and ``<set>/p_baseline`` (Wilcoxon over images of the per-image PSNR
-    averaged over each variant's seeds, from ``per_image[run_id]``) and ``<set>/p_holm``
-    (Holm over every variant x set of the table); then the cost columns."""
+    ``rises[run_id]``). With a ``baseline`` ({factor: value}) also, per set, the comparison
+    with the baseline from ``per_image[run_id]`` (``compare.Comparison``, columns
+    ``COMPARISON``: Δ ``<set>/dpsnr_baseline``, its shift and interval over images
+    ``dpsnr_shift``/``dpsnr_lo``/``dpsnr_hi``, the interval over runs ``runs_lo``/``runs_hi``,
+    ``p_images``, ``p_runs``, the claim's ``p_baseline``, seed spreads and image counts),
+    ``<set>/p_holm`` (Holm over every variant x set of the table), ``<set>/p_reachable`` and
+    ``<set>/seeds_needed`` (``effect``: the dB it is for, default the observed Δ); then the
+    cost columns."""
     done = runs[runs["status"] == "FINISHED"].dropna(axis=1, how="all")
     keys, sets = factors(done), eval_sets(done)
     groups = list(done.groupby(keys, sort=False, dropna=False)) if keys else [((), done)]
@@ -139,28 +144,32 @@ def results_table(runs: pd.DataFrame, baseline: dict | None = None,
     table = pd.DataFrame(rows)
     base = _find(table, baseline) if baseline else None
     if base is not None:
-        family = []
-        for s in sets:
-            table[f"{s}/dpsnr_baseline"] = table[f"{s}/psnr"] - table.loc[base, f"{s}/psnr"]
-            for c in ("dpsnr_lo", "dpsnr_hi", "n_images", "p_baseline", "p_holm"):
-                table[f"{s}/{c}"] = math.nan
-            b = _seed_mean(members[base], s, per_image)
-            for i in range(len(table)):
-                if i == base:
-                    continue
-                a = _seed_mean(members[i], s, per_image)
-                both = a.index.intersection(b.index)
-                _, lo, hi = diff_ci(a[both], b[both]) if len(both) else (math.nan,) * 3
-                table.loc[i, [f"{s}/dpsnr_lo", f"{s}/dpsnr_hi", f"{s}/n_images",
-                              f"{s}/p_baseline"]] = [lo, hi, len(both),
-                                                     paired_p(a[both], b[both])]
-                family.append((i, s))
-        # Holm over the whole family this table tests: every variant x set (x scale)
-        adjusted = holm([table.loc[i, f"{s}/p_baseline"] for i, s in family])
-        for (i, s), p in zip(family, adjusted):
-            table.loc[i, f"{s}/p_holm"] = p
+        _compare_all(table, members, base, sets, per_image, effect)
     table["baseline"] = [i == base for i in range(len(table))]
     return _sort(table, keys)
+
+
+def _compare_all(table: pd.DataFrame, members: list[pd.DataFrame], base: int, sets: list[str],
+                 per_image: dict | None, effect: float | None) -> None:
+    """Fill the comparison columns (``compare.COLUMNS``) of every variant x set with the
+    baseline (row ``base``): one family, as ``compare.family`` judges it."""
+    where, found = [], []
+    for s in sets:
+        b_runs = members[base]
+        b = per_seed(b_runs, per_image, s)
+        for i in range(len(table)):
+            if i != base:
+                a = per_seed(members[i], per_image, s)
+                where.append((i, s))
+                found.append(compare(a, b, len(members[i]) - len(a), len(b_runs) - len(b)))
+    cols = {f"{s}/{c}": [math.nan] * len(table) for s in sets for c in COLUMNS}
+    for s in sets:
+        cols[f"{s}/dpsnr_baseline"][base] = 0.0
+    for (i, s), values in zip(where, family(found, ALPHA, effect)):
+        for c, v in values.items():
+            cols[f"{s}/{c}"][i] = v
+    for col, values in cols.items():
+        table[col] = values
 
 
 def _find(table: pd.DataFrame, baseline: dict) -> int | None:
@@ -172,14 +181,3 @@ def _find(table: pd.DataFrame, baseline: dict) -> int | None:
     return None
 
 
-def _seed_mean(runs: pd.DataFrame, s: str, per_image: dict[str, pd.DataFrame] | None
-               ) -> pd.Series:
-    """Per-image PSNR on set ``s`` of a variant's runs, averaged over its seeds (index: image
-    name): the unit a paired test compares."""
-    series = []
-    for run_id in runs["run_id"]:
-        rows = (per_image or {}).get(run_id)
-        if rows is not None:
-            rows = rows[rows["set"] == s]
-            series.append(rows.set_index("image")["psnr"].astype(float))
-    return seed_mean(series).dropna()
