@@ -175,3 +175,27 @@ def trained_run(tmp_path_factory):
     weights = Path(client.download_artifacts(r.info.run_id, "checkpoints/final.pt",
                                              str(cwd)))
     return SimpleNamespace(cwd=cwd, uri=uri, run_id=r.info.run_id, weights=weights)
+
+
+REPORT_SWEEP = """
+study: rep
+baseline: b2
+overrides: [trainer=smoke, model.channels=8, trainer.progress=false]
+grid: {seed: [0, 1]}
+variants:
+  b1: [model.blocks=1]
+  b2: [model.blocks=2]
+"""
+
+
+@pytest.fixture(scope="session")
+def reported(tmp_path_factory):
+    """Four real runs (2 variants x 2 seeds) from a sweep file, then
+    `python -m sr_ablate report`."""
+    cwd = tmp_path_factory.mktemp("report")
+    (cwd / "rep.yaml").write_text(REPORT_SWEEP)
+    out = cli([f"sweep={cwd / 'rep.yaml'}"], cwd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = cli(["rep"], cwd, command="report")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return cwd, cwd / "reports" / "rep"

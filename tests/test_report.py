@@ -35,30 +35,6 @@ def test_seeds_are_pooled_as_repeats(store, compose, tmp_path):
         assert sorted(row["run_id"].split()) == sorted(mine["run_id"].str[:8])
 
 
-SWEEP = """
-study: rep
-baseline: b2
-overrides: [trainer=smoke, model.channels=8, trainer.progress=false]
-grid: {seed: [0, 1]}
-variants:
-  b1: [model.blocks=1]
-  b2: [model.blocks=2]
-"""
-
-
-@pytest.fixture(scope="module")
-def reported(tmp_path_factory):
-    """Four real runs (2 variants x 2 seeds) from a sweep file, then
-    `python -m sr_ablate report`."""
-    cwd = tmp_path_factory.mktemp("report")
-    (cwd / "rep.yaml").write_text(SWEEP)
-    out = cli([f"sweep={cwd / 'rep.yaml'}"], cwd)
-    assert out.returncode == 0, out.stderr[-3000:]
-    out = cli(["rep"], cwd, command="report")
-    assert out.returncode == 0, out.stderr[-3000:]
-    return cwd, cwd / "reports" / "rep"
-
-
 def test_every_file_is_written(reported):
     _, rep = reported
     for name in ("results.md", "results.csv", "results.tex", "index.html", "plots/curves.png",

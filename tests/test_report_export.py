@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import test_report
 from conftest import cli
 from mlflow.tracking import MlflowClient
 
@@ -21,9 +20,8 @@ from sr_ablate.report import export
 from sr_ablate.report.build import select
 from sr_ablate.report.source import ExportSource, Source, StoreSource, read_rows
 
-# the sweep of test_report (2 variants x 2 seeds of real smoke runs, weights logged), and
+# conftest.reported: the sweep (2 variants x 2 seeds of real smoke runs, weights logged), and
 # its report from the store: (cwd holding mlflow.db, reports/rep)
-reported = test_report.reported
 RESULTS = ("results.md", "results.csv", "results.tex", "index.html")
 TABLES = ("export.json", "runs.csv", "params.csv", "metrics.csv", "tags.csv", "history.csv",
           "per_image.csv", "definitions.json")

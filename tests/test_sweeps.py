@@ -107,3 +107,12 @@ def test_sweep_runs_at_smoke_budget(tmp_path, name, monkeypatch):
         assert r.data.tags["sr_ablate.study"] == spec["study"]
     if spec.get("variants"):
         assert sorted(r.data.params["variant"] for r in children) == sorted(spec["variants"])
+
+
+def test_a_grid_key_given_on_the_command_line_replaces_the_file_s(tmp_path):
+    """`sweep=srcnn_variants seed=5,6` (the command a report prints to add seeds) runs seeds
+    5 and 6, not the file's 0-4 as well (Hydra would refuse the key twice)."""
+    spec = grid.load("srcnn_variants")
+    argv = grid.to_argv(spec, ["seed=5,6"], tmp_path)
+    assert [a for a in argv if a.startswith("seed=")] == ["seed=5,6"]
+    assert "seed=0,1,2,3,4" in grid.to_argv(spec, [], tmp_path)

@@ -29,6 +29,7 @@ from sr_ablate.report.build import (
     baseline_of,
     expected_variants,
     failures_of,
+    registration,
     rises_of,
     select,
     write,
@@ -107,30 +108,32 @@ def main(argv: list[str] | None = None) -> int:
               f"`sr-ablate report --from {folder}`")
     if args.register:
         try:
-            print(_register(source.uri, select(runs, names[0], parents), names[0], args))
+            sub = select(runs, names[0], parents)
+            definitions = [source.sweep_definition(s) or "" for s in sub.get(
+                "tag:sr_ablate.sweep_id", pd.Series(dtype=str)).dropna().unique()]
+            baseline = _parse_baseline(args.baseline) or baseline_of(sub, definitions)
+            print(_register(source, sub, names[0], baseline, args))
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     return 0
 
 
-def _register(uri: str, runs: pd.DataFrame, name: str, args) -> str:
-    """Register the best finished run of ``runs`` by ``args.metric``; the line saying so."""
+def _register(source: Source, runs: pd.DataFrame, name: str, baseline: dict | None,
+              args) -> str:
+    """Register the run ``build.registration`` chooses from the report's selection of ``runs``
+    by ``args.metric``; the line saying what was registered and why."""
+    run_id, value, why = registration(runs, args.metric, args.lowest, baseline,
+                                      artifacts.fetch_per_image(source, runs),
+                                      rises_of(source, runs))
+    version = tracking.register(source.uri, run_id, args.register, args.metric, value)
+    line = (f"registered run {run_id} as models:/{args.register}/{version} "
+            f"(@{tracking.ALIAS}) from {name}: {why}")
     metric = args.metric
-    done = runs[runs["status"] == "FINISHED"]
-    if metric not in done or done[metric].isna().all():
-        keys = sorted(c for c in done.columns if "/" in c and not c.startswith("tag:"))
-        raise UserError(f"no finished run of {name} has the metric {metric!r}; choose one of "
-                        f"{', '.join(k for k in keys if k.endswith(('psnr', 'ssim')))}")
-    scored = done.dropna(subset=[metric])
-    best = scored.loc[scored[metric].idxmin() if args.lowest else scored[metric].idxmax()]
-    version = tracking.register(uri, best["run_id"], args.register, metric, best[metric])
-    line = (f"registered run {best['run_id']} as models:/{args.register}/{version} "
-            f"(@{tracking.ALIAS}): {'lowest' if args.lowest else 'highest'} {metric} = "
-            f"{best[metric]:.4f} of {len(scored)} finished runs of {name}")
-    bicubic = best.get(metric.replace("/psnr", "/bicubic_psnr")) if metric.endswith(
+    row = runs[runs["run_id"] == run_id].iloc[0]
+    bicubic = row.get(metric.replace("/psnr", "/bicubic_psnr")) if metric.endswith(
         "/psnr") else None
-    if bicubic is not None and pd.notna(bicubic) and best[metric] < bicubic:
+    if bicubic is not None and pd.notna(bicubic) and value < bicubic:
         # the best of the runs is not a good model: say so where it is chosen
         line += (f"; it is below bicubic ({bicubic:.4f}): undertrained, read the report's "
                  "verdicts before using it")

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from sr_ablate import UserError
 from sr_ablate.report import html, verdicts
 from sr_ablate.report.formats import display, to_latex, to_markdown, variant_label
 from sr_ablate.report.table import (
@@ -178,6 +179,48 @@ def _section(title: str, group: pd.DataFrame, suffix: str, out_dir: Path, baseli
     images = figures(group, table, out_dir, suffix) if figures is not None else []
     return table, {"title": f"{title} (results{suffix}.csv)", "text": text, "table": shown,
                    "images": images, "lines": lines}
+
+
+def registration(runs: pd.DataFrame, metric: str, lowest: bool, baseline: dict | None,
+                 per_image: dict | None, rises: dict | None) -> tuple[str, float, str]:
+    """What ``report --register`` registers, chosen from the report's own selection (the
+    newest FINISHED run per configuration and seed; the largest table holding ``metric``:
+    one fingerprint and family): the variant best by its **mean over seeds** of ``metric``
+    (lowest with ``lowest``), then that variant's run best on validation (``val/psnr``, else
+    ``metric``). Returns (run id, its value of ``metric``, the sentence saying which variant,
+    its mean ± sd over seeds and its verdict against the baseline on the metric's set).
+    UserError when no table of the selection holds ``metric``."""
+    kept, _ = latest_per_config(runs)
+    group = next((g for _, g in _tables(kept) if metric in g and g[metric].notna().any()), None)
+    if group is None:
+        have = sorted({c for c in kept.columns if c.endswith(("/psnr", "/ssim"))
+                       and "bicubic" not in c})
+        raise UserError(f"--metric {metric}: no finished run of this report's selection has it; "
+                        f"choose one of {', '.join(have) or 'none (no finished runs)'}")
+    table = results_table(group, baseline, per_image, rises)
+    s = metric.split("/")[0]
+    sets = eval_sets(group.dropna(axis=1, how="all"))
+    verdicts.mark(table, sets, ALPHA)
+    scored = table.dropna(subset=[metric])
+    row = scored.loc[scored[metric].idxmin() if lowest else scored[metric].idxmax()]
+    members = group[group["run_id"].str[:8].isin(row["run_id"].split())]
+    by = "val/psnr" if "val/psnr" in members and members["val/psnr"].notna().any() else metric
+    best = members.loc[members[by].idxmax() if by == "val/psnr" or not lowest
+                       else members[by].idxmin()]
+    keys = factors(group)
+    spread = members[metric].std(ddof=1) if len(members) > 1 else float("nan")
+    text = (f"variant {variant_label(row, keys)}: {metric} {row[metric]:.4f}"
+            + (f" ± {spread:.4f} (sd over {len(members)} seeds)" if len(members) > 1 else
+               " (1 seed: its spread between runs is unknown)")
+            + f", the {'lowest' if lowest else 'highest'} mean of {len(scored)} variants; "
+            f"its seed {best.get('seed', '?')} is the best of them on {by}")
+    if table["baseline"].any() and not row["baseline"]:
+        base = table[table["baseline"]].iloc[0]
+        text += (f"; against the baseline ({variant_label(base, keys)}) on {s}: "
+                 f"{verdicts.verdict(row, base, s, ALPHA)}" if f"{s}/p_holm" in table else "")
+    elif row["baseline"]:
+        text += "; it is the baseline"
+    return best["run_id"], float(best[metric]), text
 
 
 def _markdown(name: str, intro: str, sections: list[dict]) -> str:

@@ -90,14 +90,17 @@ def variant_yaml(name: str, overrides: list[str]) -> str:
     return "# @package _global_\n" + yaml.safe_dump(doc, sort_keys=False)
 
 
-def _grid(spec: dict) -> list[str]:
+def _grid(spec: dict, extra: list[str] = ()) -> list[str]:
+    """The grid as Hydra sweep overrides; a key the command line also gives is left to the
+    command line (``sweep=srcnn_variants seed=5,6`` runs seeds 5 and 6, e.g. to add seeds)."""
+    given = {a.split("=", 1)[0].lstrip("+~") for a in extra if "=" in a}
     return [f"{k}={','.join(str(v).lower() if isinstance(v, bool) else str(v) for v in vals)}"
-            for k, vals in (spec.get("grid") or {}).items()]
+            for k, vals in (spec.get("grid") or {}).items() if k not in given]
 
 
 def to_argv(spec: dict, extra: list[str], workdir: Path) -> list[str]:
     """The Hydra command line for a sweep; variant configs are written under ``workdir``."""
-    argv = ["-m", *(spec.get("overrides") or []), *_grid(spec),
+    argv = ["-m", *(spec.get("overrides") or []), *_grid(spec, extra),
             f"study={spec['study']}", f"tracking.experiment={spec['study']}"]
     variants = spec.get("variants") or {}
     if variants:
@@ -111,7 +114,7 @@ def to_argv(spec: dict, extra: list[str], workdir: Path) -> list[str]:
 
 def checks(spec: dict, extra: list[str]) -> list[list[str]]:
     """Plain override lists to validate, one per variant (grid values are swept by -m)."""
-    base = ["-m", *(spec.get("overrides") or []), *_grid(spec), f"study={spec['study']}",
+    base = ["-m", *(spec.get("overrides") or []), *_grid(spec, extra), f"study={spec['study']}",
             f"tracking.experiment={spec['study']}"]
     variants = spec.get("variants") or {"": []}
     return [base + [*(v or []), f"variant={n}" if n else "variant=null"] + extra
