@@ -12,7 +12,7 @@ import pytest
 from conftest import cli
 
 from sr_ablate import UserError
-from sr_ablate.report.build import registration, write
+from sr_ablate.report.build import registration, seeds_command, write
 
 IMAGES = [f"img{k:02d}" for k in range(14)]
 
@@ -163,6 +163,21 @@ def test_register_chooses_the_variant_by_its_mean_over_seeds():
     with pytest.raises(UserError, match="--metric set5/psnr: no finished run of this "
                                         "report's selection has it; choose one of val/psnr"):
         registration(everything, "set5/psnr", False, None, per_image, None)
+
+
+def test_the_command_that_adds_seeds():
+    """The study's command with the first n seeds (those run, then new ones; re-running skips
+    FINISHED runs, so each variant runs only what it lacks) and the runs' common extra
+    overrides; a -m sweep's own command line without its seed list."""
+    runs, _ = study(luck_only(np.random.default_rng(6)))
+    runs["tag:overrides"] = [f"model=srcnn study=x +study_variant={v} seed={s} trainer.steps=99"
+                             for v, s in zip(runs["variant"], runs["seed"])]
+    add = seeds_command(runs, ["study: x\noverrides: [model=srcnn]\nbaseline: b\n"])
+    assert add(5) == "python -m sr_ablate sweep=x trainer.steps=99 seed=0,1,2,3,4"
+    assert add(2) == "python -m sr_ablate sweep=x trainer.steps=99 seed=0,1"
+    add = seeds_command(runs, ["command: -m model=srcnn trainer.steps=99 seed=0,1,2\n"])
+    assert add(4) == "python -m sr_ablate -m model=srcnn trainer.steps=99 seed=0,1,2,3"
+    assert seeds_command(runs, []) is None
 
 
 NULL_CASE = ["model=srcnn", "model.kernel_sizes=[9,1,5]", "model.residual=true", "trainer=quick",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import cli
+from conftest import REPO, cli
 from mlflow.tracking import MlflowClient
 
 from sr_ablate.cli.report import main
@@ -220,3 +220,16 @@ def test_export_keeps_every_value_its_type_and_only_the_runs_reported(tmp_path):
     assert back.artifact("r1", "comparison.png", tmp_path / "png") is None
     assert back.sweep_definition("s1") == "study: s\nbaseline: b1\n"
     assert back.sweep_definition("s0") is None and back.names == ["s1"]
+
+
+WORKED = sorted(p.parent for p in (REPO / "docs" / "results").glob("*/export/export.json"))
+
+
+@pytest.mark.parametrize("folder", WORKED, ids=[p.parent.name for p in WORKED])
+def test_the_worked_examples_rebuild_to_the_committed_reports(folder, tmp_path):
+    """docs/results/<name>/ is what the current code makes of docs/results/<name>/export: a
+    change to the report's rules that changes a worked example shows up here."""
+    name = folder.parent.name
+    assert main(["--from", str(folder), "--out", str(tmp_path), name]) == 0
+    for file in ("results.md", "results.csv", "results.tex"):
+        assert (tmp_path / name / file).read_text() == (folder.parent / file).read_text(), file

@@ -256,7 +256,7 @@ def _stats_note(table: pd.DataFrame, baseline: dict | None, sets: list[str], tes
 
 def seeds_command(group: pd.DataFrame, definitions: list[str]) -> Callable[[int], str] | None:
     """``add(n)``: the command that brings every variant of ``group`` to ``n`` seeds (the
-    study's command with new seeds, the runs' common extra overrides kept); None when the
+    study's command with a seed list, the runs' common extra overrides kept); None when the
     runs' study command is unknown."""
     cmd = None
     for text in definitions:
@@ -281,14 +281,16 @@ def seeds_command(group: pd.DataFrame, definitions: list[str]) -> Callable[[int]
     extra = sorted(t for t in common if t not in own and t not in cmd.split()
                    and t.lstrip("+~").split("=")[0] not in _GENERATED)
     done = sorted({int(v) for v in group["seed"].dropna() if str(v).lstrip("-").isdigit()})
-    have = int(group.groupby(factors(group) or (lambda _: 0), dropna=False).size().min())
 
     def add(n: int) -> str:
-        new, k = [], (done[-1] + 1 if done else 0)
-        while len(new) < n - have:
-            new.append(str(k))
+        # the first n seeds of those already run (then new ones): re-running the study skips
+        # every run already FINISHED, so each variant runs only the seeds it lacks
+        seeds, k = list(done), (done[-1] + 1 if done else 0)
+        while len(seeds) < n:
+            seeds.append(k)
             k += 1
-        return " ".join([cmd, *(shlex.quote(t) for t in extra), f"seed={','.join(new)}"])
+        return " ".join([cmd, *(shlex.quote(t) for t in extra),
+                         f"seed={','.join(map(str, seeds[:n]))}"])
     return add
 
 

@@ -199,6 +199,12 @@ def mark(table: pd.DataFrame, sets: list[str], alpha: float) -> None:
     for s in sets:
         if f"{s}/p_holm" not in table:
             continue
-        table[f"{s}/verdict"] = [
-            "" if row["baseline"] else MARKS[judge(row, base, s, alpha)[0]]
-            for _, row in table.iterrows()]
+        table[f"{s}/verdict"] = ["" if row["baseline"] else _mark(row, base, s, alpha)
+                                 for _, row in table.iterrows()]
+
+
+def _mark(row: pd.Series, base: pd.Series, s: str, alpha: float) -> str:
+    word = MARKS[judge(row, base, s, alpha)[0]]
+    one_seed = _get(row, f"{s}/level", "images") == "images"
+    # with one run on a side a better/worse is about two trained models, not the design
+    return f"{word} (1 seed)" if one_seed and word.startswith(("better", "worse")) else word
