@@ -255,31 +255,26 @@ def _stats_note(table: pd.DataFrame, baseline: dict | None, sets: list[str], tes
 
 
 def seeds_command(group: pd.DataFrame, definitions: list[str]) -> Callable[[int], str] | None:
-    """``add(n)``: the command that brings every variant of ``group`` to ``n`` seeds (the
-    study's command with a seed list, the runs' common extra overrides kept); None when the
-    runs' study command is unknown."""
-    cmd = None
-    for text in definitions:
-        try:
-            spec = yaml.safe_load(text)
-        except yaml.YAMLError:
-            continue
-        if isinstance(spec, dict) and spec.get("study"):
-            cmd, own = f"python -m sr_ablate sweep={spec['study']}", spec.get("overrides") or []
-            break
-        if isinstance(spec, dict) and spec.get("command"):
-            cmd, own = "python -m sr_ablate " + " ".join(
-                t for t in str(spec["command"]).split() if not t.startswith("seed=")), []
-            break
-    if cmd is None:
+    """``add(n)``: the command that brings every variant of ``group`` to ``n`` seeds: a sweep
+    file's ``sweep=<study>`` with the extra overrides all its runs were given, or the one
+    command line of a ``-m`` sweep, with a seed list. None when no single study command
+    made these runs (e.g. two command lines)."""
+    specs = [spec for spec in map(_yaml, definitions) if isinstance(spec, dict)]
+    files = {spec["study"]: spec for spec in specs if spec.get("study")}
+    lines = {str(spec["command"]) for spec in specs if spec.get("command")}
+    if "seed" not in group or len(files) + len(lines) != 1:
         return None
-    if "seed" not in group:
-        return None
-    tokens = [set(str(t).split()) for t in group.get("tag:overrides", pd.Series(dtype=str))
-              .fillna("")]
-    common = set.intersection(*tokens) if tokens else set()
-    extra = sorted(t for t in common if t not in own and t not in cmd.split()
-                   and t.lstrip("+~").split("=")[0] not in _GENERATED)
+    if files:
+        (study, spec), = files.items()
+        skip = {_key(t) for t in spec.get("overrides") or []} | set(spec.get("grid") or {})
+        tokens = [set(str(t).split()) for t in group.get(
+            "tag:overrides", pd.Series(dtype=str)).fillna("")]
+        common = set.intersection(*tokens) if tokens else set()
+        words = ["python", "-m", "sr_ablate", f"sweep={study}",
+                 *sorted(t for t in common if _key(t) not in skip | _GENERATED)]
+    else:
+        words = ["python", "-m", "sr_ablate",
+                 *(t for t in next(iter(lines)).split() if _key(t) != "seed")]
     done = sorted({int(v) for v in group["seed"].dropna() if str(v).lstrip("-").isdigit()})
 
     def add(n: int) -> str:
@@ -289,12 +284,24 @@ def seeds_command(group: pd.DataFrame, definitions: list[str]) -> Callable[[int]
         while len(seeds) < n:
             seeds.append(k)
             k += 1
-        return " ".join([cmd, *(shlex.quote(t) for t in extra),
+        return " ".join([*words[:3], *map(shlex.quote, words[3:]),
                          f"seed={','.join(map(str, seeds[:n]))}"])
     return add
 
 
-_GENERATED = {"study", "tracking.experiment", "study_variant", "seed", "variant"}
+def _yaml(text: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+
+
+def _key(token: str) -> str:
+    return str(token).split("=", 1)[0].lstrip("+~")
+
+
+_GENERATED = {"study", "tracking.experiment", "study_variant", "seed", "variant",
+              "hydra.searchpath"}
 
 
 def _matching(runs: pd.DataFrame, expected: dict) -> pd.DataFrame:
