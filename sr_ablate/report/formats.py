@@ -30,11 +30,14 @@ def display(table: pd.DataFrame) -> pd.DataFrame:
         out[f"{s}/Δpsnr_bicubic"] = table[f"{s}/dpsnr_bicubic"].map(
             lambda v: "" if pd.isna(v) else f"{v:+.2f}" + (" below bicubic" if v < 0 else ""))
         if f"{s}/dpsnr_baseline" in table:
+            # the interval over images belongs to the signed-rank shift, not to the mean
             out[f"{s}/Δpsnr_baseline"] = [
-                "" if pd.isna(d) else f"{d:+.2f}" + ("" if pd.isna(lo) else
-                                                     f" [{lo:+.2f}, {hi:+.2f}]")
-                for d, lo, hi in zip(table[f"{s}/dpsnr_baseline"], table[f"{s}/dpsnr_lo"],
-                                     table[f"{s}/dpsnr_hi"])]
+                "" if pd.isna(d) else f"{d:+.2f}" + ("" if pd.isna(sh) else f" (shift {sh:+.2f}"
+                                                     + ("" if pd.isna(lo) else
+                                                        f" [{lo:+.2f}, {hi:+.2f}]") + ")")
+                for d, sh, lo, hi in zip(table[f"{s}/dpsnr_baseline"],
+                                         table[f"{s}/dpsnr_shift"], table[f"{s}/dpsnr_lo"],
+                                         table[f"{s}/dpsnr_hi"])]
             # the verdict, never a bare star: a small p under "cannot tell" is no finding
             out[f"{s}/p_holm"] = [("" if pd.isna(h) else f"{h:.3g}")
                                   for h in table[f"{s}/p_holm"]]
