@@ -10,10 +10,12 @@ histories, per-image results and comparison crops; never weights); ``--from DIR 
 rebuilds the report from such a folder with the current code, no MLflow store needed
 (``report.source`` describes the folder).
 
-``--register NAME --metric set5/psnr``: the finished run of the experiment or sweep that is
-best by that metric becomes a new version of the registered model NAME, with the alias
-``best`` (``sr-ablate upscale model=models:/NAME@best``); the version is tagged with the
-metric that chose it and its value.
+``--register NAME --metric set5/psnr``: from the report's own selection (the newest finished
+run per configuration and seed, one fingerprint), the variant with the best mean over seeds of
+that metric; its best seed on validation becomes a new version of the registered model NAME,
+with the alias ``best`` (``sr-ablate upscale model=models:/NAME@best``); the line says which
+variant, its mean ± spread over seeds and its verdict against the baseline; the version is
+tagged with the metric that chose it and its value.
 """
 from __future__ import annotations
 
@@ -50,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--effect", type=float, default=None, metavar="DB", help="the difference "
                     "(dB) that the seeds-needed estimate of an undecided comparison is for "
                     "(default: the observed difference)")
-    ap.add_argument("--register", metavar="NAME", default=None, help="register the best run's "
-                    "MLflow Model as NAME, alias @best (needs --metric)")
+    ap.add_argument("--register", metavar="NAME", default=None, help="register the MLflow "
+                    "Model of the variant best by its mean over seeds (its best seed on "
+                    "validation) as NAME, alias @best (needs --metric)")
     ap.add_argument("--metric", default=None, help="what --register chooses by, e.g. "
                     "set5/psnr (highest wins; lowest for --lowest)")
     ap.add_argument("--lowest", action="store_true", help="--metric: lower is better "
