@@ -74,9 +74,10 @@ class Comparison:
 
 def per_seed(runs: pd.DataFrame, per_image: dict | None, s: str) -> dict[str, pd.Series]:
     """{seed: per-image PSNR on set ``s``} of a variant's runs that have per-image results
-    (a repeated seed keeps its newest run; ``runs`` sorted oldest first)."""
+    (a seed run twice, e.g. on two devices, keeps its newest run)."""
     out = {}
-    for _, r in runs.iterrows():
+    order = runs.sort_values("start_time") if "start_time" in runs else runs
+    for _, r in order.iterrows():
         rows = (per_image or {}).get(r["run_id"])
         if rows is None or "set" not in rows:
             continue

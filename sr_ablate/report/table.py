@@ -110,7 +110,7 @@ def results_table(runs: pd.DataFrame, baseline: dict | None = None,
     ``val_rise`` (dB the mean validation curve gained at its last evaluation, from
     ``rises[run_id]``). With a ``baseline`` ({factor: value}) also, per set, the comparison
     with the baseline from ``per_image[run_id]`` (``compare.Comparison``, columns
-    ``COMPARISON``: Δ ``<set>/dpsnr_baseline``, its shift and interval over images
+    ``compare.COLUMNS``: Δ ``<set>/dpsnr_baseline``, its shift and interval over images
     ``dpsnr_shift``/``dpsnr_lo``/``dpsnr_hi``, the interval over runs ``runs_lo``/``runs_hi``,
     ``p_images``, ``p_runs``, the claim's ``p_baseline``, seed spreads and image counts),
     ``<set>/p_holm`` (Holm over every variant x set of the table), ``<set>/p_reachable`` and
