@@ -165,6 +165,20 @@ def test_register_chooses_the_variant_by_its_mean_over_seeds():
         registration(everything, "set5/psnr", False, None, per_image, None)
 
 
+def test_seeds_needed_for_a_difference_the_user_names(tmp_path, capsys):
+    """--effect 0.5: the estimate is for 0.5 dB, not for the observed +0.03 dB; a difference
+    that is not above 0 is refused in one line."""
+    runs, per_image = study(luck_only(np.random.default_rng(0)))
+    _, md = report(tmp_path, runs, per_image, effect=0.5)
+    (line,) = lines(md)
+    assert "seeds per variant would detect 0.50 dB with 80% power" in line
+    from sr_ablate.cli.report import main
+    assert main(["--effect", "-1", "e"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: --effect -1.0: give the difference to detect in dB, above 0 (e.g. "
+                   "--effect 0.1)\n")
+
+
 def test_the_command_that_adds_seeds():
     """The study's command with the first n seeds (those run, then new ones; re-running skips
     FINISHED runs, so each variant runs only what it lacks) and the runs' common extra

@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
                     "report from an export folder (--export) instead of the MLflow store "
                     "(default names: the ones it was exported for)")
     args = ap.parse_args(argv)
+    if args.effect is not None and not args.effect > 0:
+        print(f"error: --effect {args.effect}: give the difference to detect in dB, above 0 "
+              "(e.g. --effect 0.1)", file=sys.stderr)
+        return 2
     if args.register and (not args.metric or len(args.names) > 1):
         print("error: --register needs --metric <key> (e.g. set5/psnr) and at most one "
               "experiment or sweep id", file=sys.stderr)
