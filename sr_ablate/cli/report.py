@@ -98,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 out / ".runs").read_text() == stamp:
             print(f"{out}: up to date")
             continue
-        definitions = [source.sweep_definition(s) or "" for s in
-                       sub.get("tag:sr_ablate.sweep_id", pd.Series(dtype=str)).dropna().unique()]
-        baseline = _parse_baseline(args.baseline) or baseline_of(sub, definitions)
+        definitions, baseline = _study(source, sub, args)
         write(sub, out, name, baseline, artifacts.fetch_per_image(source, sub),
               figures=lambda g, t, d, s: html.figures(source, g, t, d, s),
               rises=rises_of(source, sub), expected=expected_variants(definitions),
@@ -116,14 +114,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.register:
         try:
             sub = select(runs, names[0], parents)
-            definitions = [source.sweep_definition(s) or "" for s in sub.get(
-                "tag:sr_ablate.sweep_id", pd.Series(dtype=str)).dropna().unique()]
-            baseline = _parse_baseline(args.baseline) or baseline_of(sub, definitions)
-            print(_register(source, sub, names[0], baseline, args))
+            print(_register(source, sub, names[0], _study(source, sub, args)[1], args))
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     return 0
+
+
+def _study(source: Source, runs: pd.DataFrame, args) -> tuple[list[str], dict | None]:
+    """(the definitions of the sweeps that made ``runs``, the baseline: ``--baseline``, else
+    the one those definitions name)."""
+    definitions = [source.sweep_definition(s) or "" for s in
+                   runs.get("tag:sr_ablate.sweep_id", pd.Series(dtype=str)).dropna().unique()]
+    return definitions, _parse_baseline(args.baseline) or baseline_of(runs, definitions)
 
 
 def _register(source: Source, runs: pd.DataFrame, name: str, baseline: dict | None,

@@ -75,11 +75,7 @@ def precision_line(runs: pd.DataFrame) -> str:
 
 def baseline_of(runs: pd.DataFrame, definitions: list[str]) -> dict | None:
     """The baseline a sweep file declares (``baseline: <variant>`` or ``{key: value}``)."""
-    for text in definitions:
-        try:
-            spec = yaml.safe_load(text)
-        except yaml.YAMLError:
-            continue
+    for spec in map(_yaml, definitions):
         b = spec.get("baseline") if isinstance(spec, dict) else None
         if isinstance(b, str):
             return {"variant": b}
@@ -290,6 +286,7 @@ def seeds_command(group: pd.DataFrame, definitions: list[str]) -> Callable[[int]
 
 
 def _yaml(text: str):
+    """A sweep definition parsed, None when it is not YAML (the report then ignores it)."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -358,11 +355,7 @@ def expected_variants(definitions: list[str]) -> list[dict]:
     """The variants sweep files asked for: ``{variant: name}`` per named variant, else one
     ``{key: value}`` per grid combination (seeds left out: they are repeats)."""
     out = []
-    for text in definitions:
-        try:
-            spec = yaml.safe_load(text)
-        except yaml.YAMLError:
-            continue
+    for spec in map(_yaml, definitions):
         if not isinstance(spec, dict):
             continue
         if isinstance(spec.get("variants"), dict):
