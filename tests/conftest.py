@@ -49,13 +49,19 @@ def store(tmp_path, monkeypatch):
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
+def user_env() -> dict:
+    """The environment of a user's shell for a process a test starts: no inherited MLflow run
+    or sr_ablate setting, except this session's speed cache (without it, a process measures
+    its own speed settings and two runs compared bit for bit may differ in memory format)."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("MLFLOW_", "SR_ABLATE_")) or k == "SR_ABLATE_CACHE"}
+
+
 def cli(args: list[str], cwd: Path, timeout: float = 300, command: str | None = None,
         env: dict | None = None):
     """Run ``python -m sr_ablate [COMMAND] ARGS`` in ``cwd`` like a user would (``command``:
     evaluate, report, download, bench; none: train); returns CompletedProcess."""
-    env = {**{k: v for k, v in os.environ.items()
-              if not k.startswith(("MLFLOW_", "SR_ABLATE_")) or k == "SR_ABLATE_CACHE"},
-           **(env or {})}
+    env = {**user_env(), **(env or {})}
     cmd = [sys.executable, "-m", "sr_ablate", *([command] if command else []), *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)

@@ -13,7 +13,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import TINY, builtin_images, cli, free_port
+from conftest import TINY, builtin_images, cli, free_port, user_env
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -29,8 +29,7 @@ def photo(h: int = 24, w: int = 32) -> np.ndarray:
 
 
 def clean_env(uri: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SR_ABLATE_"))}
-    return {**env, "MLFLOW_TRACKING_URI": uri}
+    return {**user_env(), "MLFLOW_TRACKING_URI": uri}
 
 
 def test_a_run_logs_a_pyfunc_model_with_signature_and_example(trained_run):

@@ -1,7 +1,6 @@
 """Interrupted runs resume to the same result: real processes, real signals, a real store."""
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -12,7 +11,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, cli
+from conftest import TINY, cli, user_env
 from mlflow.tracking import MlflowClient
 
 from sr_ablate import UserError
@@ -22,8 +21,7 @@ from sr_ablate.training.loop import Interrupted
 
 
 def start(args, cwd):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SR_ABLATE_"))}
-    return subprocess.Popen([sys.executable, "-m", "sr_ablate", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "sr_ablate", *args], cwd=cwd, env=user_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

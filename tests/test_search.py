@@ -11,7 +11,7 @@ import time
 import optuna
 import pytest
 import yaml
-from conftest import TINY, cli
+from conftest import TINY, cli, user_env
 from mlflow.tracking import MlflowClient
 
 from sr_ablate import UserError
@@ -172,9 +172,7 @@ def test_two_workers_share_one_study(tmp_path):
 def test_killed_sweep_resumes_without_repeating_or_losing_a_trial(tmp_path):
     args = [sys.executable, "-m", "sr_ablate", sweep_file(tmp_path, trials=3),
             "trainer.steps=40", "trainer.eval_every=20", "trainer.checkpoint_every=5"]
-    env = {k: v for k, v in __import__("os").environ.items()
-           if not k.startswith(("MLFLOW_", "SR_ABLATE_"))}
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(args, cwd=tmp_path, env=user_env(), stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     # kill it while trial 1 runs (past its first checkpoint), after trial 0 completed
     while time.time() < deadline:
