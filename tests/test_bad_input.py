@@ -100,3 +100,60 @@ def test_bad_input_found_before_the_run_opens(store, compose, tmp_path, args, ex
     db = tmp_path / "mlflow.db"
     assert not db.exists() or not MlflowClient(store).search_runs(
         [x.experiment_id for x in MlflowClient(store).search_experiments()])
+
+
+# --- found before anything opens: keys the run would not read, sets that are not here -------
+
+UNREAD = {
+    "data.root without data=folder": (["data.root=/my/photos"],
+                                      "data.root='/my/photos' is not read with data=builtin"),
+    "data.val_count without data=folder": (["data.val_count=4"],
+                                           "data.val_count=4 is not read with data=builtin"),
+    "clip_mode without grad_clip": (["trainer.clip_mode=value"],
+                                    "trainer.clip_mode='value' is not read with "
+                                    "trainer.grad_clip=null"),
+    "eval.data in a training run": (["eval.data=/my/photos"],
+                                    "eval.data='/my/photos' is read by the evaluate command"),
+}
+
+
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "sweep"])
+@pytest.mark.parametrize("case", UNREAD)
+def test_a_key_the_chosen_option_does_not_read_is_refused(tmp_path, case, multirun):
+    """`data.root=/my/photos` beside data=builtin trained on the built-in photographs and
+    recorded data.root=/my/photos: the run looked as if it had used the folder."""
+    args, expected = UNREAD[case]
+    sweep = ["-m", "seed=0,1"] if multirun else []
+    out = cli([*sweep, *TINY, *args], tmp_path, timeout=180)
+    assert_clean_failure(out, tmp_path, expected)
+    assert out.returncode == 2 and not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_same_keys_are_taken_where_they_are_read(compose):
+    from sr_ablate.config.checks import check
+    check(compose(["data=folder", "data.root=/my/photos", "data.val_count=4"]), here=False)
+    check(compose(["trainer.grad_clip=0.4", "trainer.clip_mode=value"]), here=False)
+    check(compose(["eval.data=/my/photos"]), targets=(), here=False)  # the evaluate command
+
+
+def test_a_sweep_whose_evaluation_sets_are_missing_fails_once_before_it_opens(tmp_path):
+    """sweep=srresnet_blocks evaluates Set5/Set14/B100 at the end: on a machine without them
+    it opened the sweep's parent run and failed every job with the same line."""
+    empty = tmp_path / "no-sets"
+    empty.mkdir()
+    out = cli(["sweep=srresnet_blocks", "trainer=smoke", f"eval.root={empty}"], tmp_path,
+              timeout=180)
+    assert_clean_failure(out, tmp_path, "eval set 'set5' not found in")
+    assert "download set5" in out.stderr
+    assert out.returncode == 2 and not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "multirun").exists()
+
+
+def test_several_values_without_m_say_add_m(tmp_path):
+    out = cli(["model.blocks=8,12,16,24"], tmp_path, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: model.blocks=8,12,16,24 gives several values, which makes a sweep; add -m "
+        "(python -m sr_ablate -m model.blocks=8,12,16,24 ...), or for one list value write "
+        "model.blocks=[...]"]
+    assert not any(tmp_path.iterdir())

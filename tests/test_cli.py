@@ -279,3 +279,17 @@ def test_users_sweep_file_and_config_dir_from_another_folder(mine, tmp_path):
     (run,) = [r for r in runs if r.data.tags.get("sr_ablate.role") != "sweep"]
     assert run.info.status == "FINISHED"
     assert (run.data.params["model.channels"], run.data.params["trainer.steps"]) == ("8", "2")
+
+
+def test_the_help_names_the_study_budget_and_resume(capsys):
+    assert cli_main.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "trainer=cpu is the budget for a\nstudy on a CPU" in text
+    assert "resume=true continues an interrupted run" in text
+
+
+@pytest.mark.parametrize("command", sorted(cli_main.COMMANDS))
+def test_a_commands_help_reads_as_text_not_restructuredtext(command, capsys):
+    """`upscale --help` showed ``sr-ablate export`` with its double backticks."""
+    assert cli_main.main([command, "--help"]) == 0
+    assert "``" not in capsys.readouterr().out

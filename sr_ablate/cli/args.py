@@ -2,6 +2,7 @@
 export) and ``main``'s handling of ``--help`` and one-line errors (upscale, export, evaluate)."""
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 
@@ -23,12 +24,18 @@ def key_values(argv: list[str], keys, command: str, example: str) -> dict[str, s
     return args
 
 
+def plain(doc: str) -> str:
+    """A module docstring as a command's ``--help`` shows it: reStructuredText's double
+    backticks (there for the API docs) dropped, the text left as it reads."""
+    return re.sub(r"``(.+?)``", r"\1", doc, flags=re.DOTALL)
+
+
 def run(doc: str, argv: list[str] | None, work: Callable[[list[str]], int | None]) -> int:
     """A command's ``main``: ``--help`` prints ``doc``; ``work(argv)`` gives the exit status
     (None: 0); a UserError is its one ``error:`` line on stderr and status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
-        print(doc)
+        print(plain(doc))
         return 0
     try:
         return work(argv) or 0

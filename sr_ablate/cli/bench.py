@@ -33,6 +33,7 @@ from sr_ablate.bench import costs
 from sr_ablate.bench import profile as bp
 from sr_ablate.bench import training as bt
 from sr_ablate.bench.costs import table
+from sr_ablate.cli.args import plain
 from sr_ablate.models import SRResNet
 from sr_ablate.training import speed
 from sr_ablate.training.speed import pick_device
@@ -150,7 +151,7 @@ def auto_line(device: torch.device) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="sr-ablate bench", description=__doc__,
+    ap = argparse.ArgumentParser(prog="sr-ablate bench", description=plain(__doc__),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(bt.MODELS), choices=list(bt.MODELS))
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds; best kept")

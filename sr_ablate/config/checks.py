@@ -17,7 +17,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sr_ablate import UserError
-from sr_ablate.config.schema import DOMAINS  # importing it registers the schema
+from sr_ablate.config.schema import (  # importing it registers the schema
+    DOMAINS,
+    EVALUATE_ONLY,
+    ONLY_READ_WHEN,
+    RootConf,
+)
 
 
 def _target(node: DictConfig):
@@ -169,6 +174,28 @@ def check_device(device: str) -> None:
 
 
 TARGETS = ("model", "loss", "optim", "sched")
+_DEFAULTS = OmegaConf.structured(RootConf)
+
+
+def check_unread(cfg: DictConfig, training: bool) -> None:
+    """A key the chosen option does not read keeps its default (``schema.ONLY_READ_WHEN``;
+    for a training run, also ``schema.EVALUATE_ONLY``): otherwise the run would record a
+    setting it never used."""
+    for key, (chooser, readers, fix) in ONLY_READ_WHEN.items():
+        value, default = OmegaConf.select(cfg, key), OmegaConf.select(_DEFAULTS, key)
+        chosen = OmegaConf.select(cfg, chooser)
+        if value == default or chosen in readers or ("set" in readers and chosen is not None):
+            continue
+        how = f"{chooser}={show_value(chosen)}"
+        if chooser.partition(".")[2] == "name":  # a group's option: say it as it is chosen
+            how = f"{chooser.partition('.')[0]}={chosen}"
+        raise UserError(f"{key}={show_value(value)} is not read with {how}, so the run would "
+                        f"record it without using it; {fix}, or leave {key} out")
+    for key, fix in EVALUATE_ONLY.items() if training else ():
+        value = OmegaConf.select(cfg, key)
+        if value != OmegaConf.select(_DEFAULTS, key):
+            raise UserError(f"{key}={show_value(value)} is read by the evaluate command only "
+                            f"(python -m sr_ablate evaluate ...); {fix}")
 
 
 def check(cfg: DictConfig, targets: tuple[str, ...] = TARGETS, here: bool = True) -> None:
@@ -204,6 +231,7 @@ def check(cfg: DictConfig, targets: tuple[str, ...] = TARGETS, here: bool = True
         raise UserError("eval.color=rgb needs an RGB model; use eval.color=y with data.color=y")
     if cfg.data.name == "folder" and not cfg.data.root:
         raise UserError("data=folder needs data.root; pass data.root=<folder of HR images>")
+    check_unread(cfg, training="model" in targets)
     check_tracking_uri(cfg)
     if here:
         check_device(cfg.trainer.device)

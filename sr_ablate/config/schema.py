@@ -237,3 +237,24 @@ DOMAINS: dict[str, Domain] = {
     "sched.step_size": Int(1, STEPS),
     "sched.gamma": Float(0, 1, low_open=True),
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys that only some choices read: key -> (the key whose value chooses, the values that read
+# it, what to do instead). Under another choice a value other than the schema's default would be
+# recorded as a param the run never used (data.root=/my/photos beside data=builtin reads as if
+# the run had trained on that folder), so ``checks.check_unread`` refuses it in one line.
+# ``trainer.grad_clip``'s readers are every value but null ("set").
+ONLY_READ_WHEN: dict[str, tuple[str, tuple, str]] = {
+    "data.root": ("data.name", ("folder",), "add data=folder to train on that folder"),
+    "data.val_root": ("data.name", ("folder",), "add data=folder data.root=<training folder>"),
+    "data.val_count": ("data.name", ("folder",), "add data=folder data.root=<training folder>"),
+    "trainer.clip_mode": ("trainer.grad_clip", ("set",),
+                          "set trainer.grad_clip=<threshold> as well (e.g. 0.4)"),
+}
+# Keys only the evaluate command reads (a training run scores eval.sets / eval.final_sets)
+EVALUATE_ONLY: dict[str, str] = {
+    "eval.data": "to score a folder during training give eval.sets=[val,/path/to/folder]",
+    "eval.format": "training prints one line per run; eval.format is for the evaluate command",
+}
+

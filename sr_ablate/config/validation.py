@@ -21,6 +21,7 @@ from sr_ablate import UserError
 from sr_ablate.config import CONF_DIR, CONFIG_DIR_ENV
 from sr_ablate.config.checks import TARGETS, check, show_value
 from sr_ablate.config.schema import DOMAINS  # importing it registers the schema
+from sr_ablate.data.sets import check_present
 
 # Hydra's own flags; with these we let Hydra answer (help, printing the config...).
 PASSTHROUGH = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--version",
@@ -88,14 +89,20 @@ def _explain(error: Exception, override: str, choices: list[str]) -> str:
     return f"{override}: {text}"
 
 
-def _expand(overrides: list[str]) -> list[list[str]]:
-    """Override lists to compose: first values everywhere, then each other value once."""
+def _expand(overrides: list[str], multirun: bool = True) -> list[list[str]]:
+    """Override lists to compose: first values everywhere, then each other value once.
+    Without ``multirun`` (no ``-m``) a swept value is refused: Hydra would say so in six
+    lines that suggest --multirun."""
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as e:  # hydra's OverrideParseException
         raise UserError(f"cannot parse overrides: {' '.join(str(e).split())}") from None
     values = []
     for o in parsed:
+        if o.is_sweep_override() and not multirun:
+            raise UserError(f"{o.input_line} gives several values, which makes a sweep; add "
+                            f"-m (python -m sr_ablate -m {o.input_line} ...), or for one "
+                            f"list value write {o.key_or_group}=[...]")
         if o.is_sweep_override():
             vals = [str(v) for v in o.sweep_string_iterator()]
         else:
@@ -127,10 +134,12 @@ def check_typed(overrides: list[str]) -> None:
                         f"{domain.describe()}")
 
 
-def validate(argv: list[str], targets: tuple[str, ...] = TARGETS) -> DictConfig | None:
+def validate(argv: list[str], targets: tuple[str, ...] = TARGETS,
+             files: bool = False) -> DictConfig | None:
     """Compose and check the config(s) named by ``argv``; returns the first, or None when
     ``argv`` asks Hydra for help/printing. Raises UserError with a one-line message.
-    ``targets``: the class-valued groups checked against their constructors."""
+    ``targets``: the class-valued groups checked against their constructors. ``files``: the
+    config is about to run here, so its training data and evaluation sets must be here."""
     if any(a.split("=")[0] in PASSTHROUGH for a in argv):
         return None
     overrides = [a for a in argv if not a.startswith("-")
@@ -139,7 +148,8 @@ def validate(argv: list[str], targets: tuple[str, ...] = TARGETS) -> DictConfig 
     here = not any(a.startswith("hydra/launcher=") and a.split("=", 1)[1] not in LOCAL_LAUNCHERS
                    for a in argv)
     first = None
-    for combo in _expand(overrides):
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    for combo in _expand(overrides, multirun):
         check_typed(combo)
         try:
             cfg = compose(combo)
@@ -149,6 +159,8 @@ def validate(argv: list[str], targets: tuple[str, ...] = TARGETS) -> DictConfig 
             raise UserError(_explain(e if bad is None else _error_of(bad, choices), bad or
                                      " ".join(combo), choices)) from None
         check(cfg, targets, here)
+        if files and here:
+            check_present(cfg)
         first = first or cfg
     return first
 

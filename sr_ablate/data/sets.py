@@ -73,3 +73,13 @@ def training_files(data_cfg) -> tuple[list[Path], list[Path]]:
                         "(one held out for validation) or set data.val_root")
     n = max(1, min(data_cfg.val_count, len(train) // 2))
     return train[:-n], train[-n:]
+
+
+def check_present(cfg) -> None:
+    """Every image folder a training run of ``cfg`` reads is on this machine: its training
+    data and each evaluation set, final ones included. Checked before a run or a sweep starts,
+    so a missing set costs one line instead of a failed job per variant. UserError if not."""
+    training_files(cfg.data)
+    for name in [*cfg.eval.sets, *cfg.eval.final_sets]:
+        if name != "val":
+            eval_set_paths(name, cfg.eval.root)

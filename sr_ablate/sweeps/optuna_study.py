@@ -36,9 +36,9 @@ def main(spec: dict, extra: list[str], cwd: str) -> int:
     opt = check_spec(spec)
     base = [*(spec.get("overrides") or []), *extra, f"study={spec['study']}",
             f"tracking.experiment={spec['study']}"]
-    cfg = validation.validate(base)
+    cfg = validation.validate(base, files=True)
     for more in space_overrides(opt["params"]):  # both ends of every range, every choice
-        validation.validate(base + more)
+        validation.validate(base + more, files=True)
     tracking.reachable(tracking.store_uri(cfg.tracking.uri, cwd))
     trials = opt.get("trials") if cfg.sweep.trials is None else cfg.sweep.trials
     if not isinstance(trials, int) or trials < 1:

@@ -8,7 +8,8 @@ clear; a model under it is said to be, in words, wherever its PSNR is shown.
 from __future__ import annotations
 
 HINT = "look next: mlflow ui, sr-ablate report"
-STATUS = {"ran": "ran", "skipped": "skipped-reused", "failed": "failed"}
+STATUS = {"ran": "ran", "skipped": "skipped-reused", "failed": "failed",
+          "interrupted": "interrupted"}
 
 
 def psnr_by_set(metrics: dict) -> list[tuple[str, float, float | None]]:
@@ -39,12 +40,14 @@ def run_line(run_id: str, metrics: dict, hint: bool = True) -> str:
 
 def budget_notice(trainer) -> str | None:
     """The line a run or sweep on ``trainer=quick`` starts with (None for other budgets): a
-    budget that checks the pipeline must not be read as a study's result."""
+    budget that checks the pipeline must not be read as a study's result. It says only what
+    is known at the start (the budget; overrides may change how far a model gets): the run's
+    last line says how it came out against bicubic."""
     if trainer.name != "quick":
         return None
-    return (f"sr_ablate: trainer=quick is a pipeline check ({trainer.steps} steps), not a study "
-            "budget: its models stay below bicubic; use trainer=cpu for a study on a CPU or "
-            "trainer=paper")
+    return (f"sr_ablate: trainer=quick is a short budget ({trainer.steps} steps) for checking "
+            "the pipeline, not for comparing designs; the last line says how the model did "
+            "against bicubic. For a study: trainer=cpu on a CPU, trainer=paper on a GPU")
 
 
 def job_labels(overrides: list[list[str]]) -> list[str]:
@@ -58,16 +61,16 @@ def job_labels(overrides: list[list[str]]) -> list[str]:
 def _reason(result: dict) -> str:
     if result["outcome"] == "skipped":
         return "(same config hash: this FINISHED run is reused)"
-    if result["outcome"] == "failed":
+    if result["outcome"] in ("failed", "interrupted"):
         return f"({' '.join(str(result.get('message', '')).split())[:160]})"
     return ""
 
 
 def sweep_table(results: list[dict], sweep_id: str = "") -> str:
     """The table a grid sweep ends with: one row per job, in job order: its overrides, how it
-    ended (ran, skipped-reused, failed), PSNR on ``val`` (else its first set), Δ against
-    bicubic, its run id, and why it was skipped or failed. ``results``: the jobs' outcomes
-    (``launch.record``)."""
+    ended (ran, skipped-reused, failed, interrupted), PSNR on ``val`` (else its first set),
+    Δ against bicubic, its run id, and why it was skipped, failed or stopped. ``results``: the
+    jobs' outcomes (``launch.record``)."""
     results = sorted(results, key=lambda r: r.get("num", 0))
     labels = job_labels([r.get("overrides") or r["job"].split() for r in results])
     rows = [("job", "status", "PSNR dB", "vs bicubic", "run id", "")]
