@@ -54,6 +54,7 @@ def test_scale_reaches_the_model(compose):
     (["model.blokcs=3"], "valid keys in model: in_channels, channels, blocks"),
     (["trainer.stepz=3"], "valid keys in trainer:"),
     (["seeed=1"], "valid keys in the root config:"),
+    (["sched.T_max=100"], "unknown setting 'sched.T_max': sched=none takes no settings"),
     (["model.blocks=abc"], "model.blocks='abc' has the wrong type"),
     (["trainer.steps=many"], "trainer.steps"),
     (["model=nosuch"], "model= takes one of:"),

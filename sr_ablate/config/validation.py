@@ -80,6 +80,10 @@ def _explain(error: Exception, override: str, choices: list[str]) -> str:
         valid = [k for k in (node.keys() if isinstance(node, DictConfig) else [])
                  if not str(k).startswith("_")]
         where = parent or "the root config"
+        if not valid:  # e.g. sched.T_max with sched=none, whose option has no settings
+            chosen = compose(choices, hydra_config=True).hydra.runtime.choices.get(parent)
+            return (f"unknown setting '{key}': {parent}={chosen} takes no settings; pick the "
+                    f"option that reads it (e.g. {parent}=<option> {key}=...), see --help")
         return f"unknown setting '{key}'; valid keys in {where}: {', '.join(map(str, valid))}"
     if isinstance(cause, OmegaConfBaseException):
         first = str(cause).splitlines()[0]
