@@ -1,8 +1,16 @@
-"""Parameter counts, FLOPs against hand counts, timing, and the input size each model takes."""
+"""Parameter counts, FLOPs against hand counts, timing (and how busy the machine was meanwhile),
+and the input size each model takes."""
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from conftest import MODEL_CONFIGS
@@ -10,6 +18,16 @@ from hydra.utils import instantiate
 
 from sr_ablate.core.complexity import count_params, gflops, model_input_shape, ms_per_frame
 from sr_ablate.models import SRResNet
+from sr_ablate.report.timings import (
+    IDLE,
+    LOAD,
+    LOAD_COL,
+    MS,
+    SPREAD,
+    SPREAD_COL,
+    UNDER_LOAD,
+    run_states,
+)
 
 
 class Stub(torch.nn.Module):
@@ -50,19 +68,98 @@ def test_gflops_leave_the_mode_alone():
     assert model.training
 
 
-def test_ms_per_frame_is_a_positive_time():
+def test_ms_per_frame_is_the_fastest_pass():
     model = SRResNet(channels=8, blocks=1).train()
-    ms = ms_per_frame(model, (1, 3, 16, 16), warmup=1, repeats=3)
-    assert ms > 0 and math.isfinite(ms)  # a wall-clock time: no exact value to expect
+    t = ms_per_frame(model, (1, 3, 16, 16), warmup=1, repeats=3)
+    assert t.ms_per_frame > 0 and math.isfinite(t.ms_per_frame)  # wall clock: no exact value
+    assert t.passes == 3 and t.spread >= 0 and t.cores == len(os.sched_getaffinity(0))
     assert model.training
+    t = ms_per_frame(model, (1, 3, 16, 16), warmup=0, repeats=2, min_seconds=0.3)
+    assert t.passes > 2 and t.passes * t.ms_per_frame <= 300 * (1 + 1e-9)  # fastest <= mean
     with pytest.raises(ValueError):
         ms_per_frame(model, (1, 3, 16, 16), repeats=0)
+
+
+def cpu_seconds(pids) -> dict[int, float]:
+    """CPU seconds (user + system) each of the processes ``pids`` has used, from
+    /proc/<pid>/stat: per process, not per CPU as ``core.cpuload`` reads it."""
+    out = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return out
+
+
+def used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used in between by the processes alive at both readings."""
+    return sum(after[p] - before[p] for p in before.keys() & after.keys())
+
+
+@contextlib.contextmanager
+def spinners(n: int):
+    """``n`` real busy processes (Python spin loops) for as long as the block runs."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        if procs:
+            time.sleep(0.3)  # started and spinning
+        yield [p.pid for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def timed(pids=()) -> tuple:
+    """A 1-second timing, and the share of the usable cores' time that every process but
+    this one, and ``pids`` alone, used meanwhile, counted per process (/proc/<pid>/stat): a
+    lower bound of the load (processes that start or end within the second are missed)."""
+    others = [int(p.name) for p in Path("/proc").iterdir()
+              if p.name.isdigit() and int(p.name) != os.getpid()]
+    before, t0 = cpu_seconds(others), time.perf_counter()
+    t = ms_per_frame(SRResNet(channels=16, blocks=2), (1, 3, 48, 48), warmup=1, repeats=3,
+                     min_seconds=1.0)
+    capacity = (time.perf_counter() - t0) * t.cores
+    after = cpu_seconds(others)
+    return t, used(before, after) / capacity, used({p: before[p] for p in pids if p in before},
+                                                   after) / capacity
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="the load is read from /proc/stat")
+def test_a_timing_on_a_busy_machine_is_recorded_under_load():
+    """2 spin loops per usable core while timing: the recorded load holds at least what the
+    spinners used (counted independently, per process), and the report's rule calls it
+    under load."""
+    cores = len(os.sched_getaffinity(0))
+    with spinners(2 * cores) as pids:
+        t, others, spin = timed(pids)
+    assert spin > 0.1 and others > LOAD  # the deliberate load was real (and maybe not alone:
+    # on a machine shared with others' work, a fair scheduler gives the spinners less)
+    assert others - 0.05 <= t.load <= 1  # ticks of 1/100 s over 1 s: +-0.05 at most
+    runs = pd.DataFrame([{MS: t.ms_per_frame, LOAD_COL: t.load, SPREAD_COL: t.spread}])
+    assert run_states(runs).tolist() == [UNDER_LOAD]
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="the load is read from /proc/stat")
+def test_an_idle_timing_records_the_load_there_was():
+    """No deliberate load: what the other processes used (this machine may be shared) is in
+    the recorded figure, and the timing is marked under load exactly when the rule says so;
+    on a machine that was quiet it is not."""
+    t, others, _ = timed()
+    assert others - 0.05 <= t.load <= 1
+    runs = pd.DataFrame([{MS: t.ms_per_frame, LOAD_COL: t.load, SPREAD_COL: t.spread}])
+    quiet = t.load <= LOAD and t.spread <= SPREAD
+    assert run_states(runs).tolist() == [IDLE if quiet else UNDER_LOAD]
+    if others < 0.05:  # nothing else ran: this one must read as idle
+        assert t.load <= LOAD
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_ms_per_frame_on_cuda_leaves_the_model_on_cpu():
     model = SRResNet(channels=8, blocks=1)
-    assert ms_per_frame(model, (1, 3, 32, 32), device="cuda") > 0
+    assert ms_per_frame(model, (1, 3, 32, 32), device="cuda").ms_per_frame > 0
     assert next(model.parameters()).device.type == "cpu"
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 from sr_ablate import UserError
 from sr_ablate.cli import export as export_cli
 from sr_ablate.cli.main import main
+from sr_ablate.core.tiling import bytes_per_input_pixel, receptive_radius
 from sr_ablate.data import builtin_dir, read_image
 from sr_ablate.inference import onnx
 from sr_ablate.inference.trained import Trained, from_checkpoint
@@ -47,16 +48,46 @@ def tiny(compose, name: str, scale: float, extra: list[str]) -> Trained:
     return Trained.of(model, scale, name)
 
 
-@pytest.mark.parametrize("name,scale,extra", CASES,
-                         ids=[f"{n}-x{s:g}{'-' + e[0] if e else ''}" for n, s, e in CASES])
-def test_every_model_exports_and_onnxruntime_matches_torch(compose, photo, tmp_path, name,
+IDS = [f"{n}-x{s:g}{'-' + e[0] if e else ''}" for n, s, e in CASES]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """case -> (Trained, its .onnx file), each exported once per module (seconds apiece)."""
+    done = {}
+
+    def get(compose, name: str, scale: float, extra: list[str]):
+        key = (name, scale, tuple(extra))
+        if key not in done:
+            folder = tmp_path_factory.mktemp("onnx")
+            trained = tiny(compose, name, scale, extra)
+            done[key] = trained, onnx.export_onnx(trained, folder / "m.onnx")
+        return done[key]
+    return get
+
+
+@pytest.mark.parametrize("name,scale,extra", CASES, ids=IDS)
+def test_every_model_exports_and_onnxruntime_matches_torch(compose, photo, exported, name,
                                                            scale, extra):
-    trained = tiny(compose, name, scale, extra)
-    path = onnx.export_onnx(trained, tmp_path / "m.onnx")
-    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # one file: no external data
+    trained, path = exported(compose, name, scale, extra)
+    assert [p.name for p in path.parent.iterdir()] == ["m.onnx"]  # one file: no external data
     session = onnx.ort_session(path)
     diffs = [onnx.parity(trained, path, img, session) for img in two_sizes(photo)]
     assert max(diffs) <= TOLERANCE, diffs
+
+
+@pytest.mark.parametrize("name,scale,extra", CASES, ids=IDS)
+def test_tiling_sees_in_the_onnx_file_the_network_torch_sees(compose, exported, name, scale,
+                                                             extra):
+    """The memory estimate and the receptive radius that size and pad tiles, from the file
+    alone: onnxruntime's tensors and an input-perturbing probe against torch's module outputs
+    and gradients. Measured equal for every case; the estimate may be 1.5x off, as other
+    graph rewrites may make other tensors (torch's hooks counted one leaf: 16x low)."""
+    trained, path = exported(compose, name, scale, extra)
+    net, c = onnx.from_onnx(path).model, trained.channels
+    ratio = bytes_per_input_pixel(net, c) / bytes_per_input_pixel(trained.model, c)
+    assert 1 / 1.5 <= ratio <= 1.5, ratio
+    assert receptive_radius(net, c) == receptive_radius(trained.model, c)
 
 
 def test_one_file_serves_any_batch_height_and_width(compose, tmp_path):

@@ -77,9 +77,12 @@ def test_summary_line_says_what_was_skipped():
 
 
 def _children(cwd):
+    """(client, the runs that trained, the sweep parents); a relaunch's pointers to the runs
+    it reused (``sr_ablate.reused_from``) are neither."""
     client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
     exp = client.get_experiment_by_name("sr_ablate")
-    runs = client.search_runs([exp.experiment_id])
+    runs = [r for r in client.search_runs([exp.experiment_id])
+            if "sr_ablate.reused_from" not in r.data.tags]
     return client, [r for r in runs if r.data.tags.get("sr_ablate.role") != "sweep"], \
         [r for r in runs if r.data.tags.get("sr_ablate.role") == "sweep"]
 

@@ -86,6 +86,9 @@ def test_a_real_design_effect_beats_the_seed_spread(tmp_path):
     (line,) = lines(md)
     assert line.endswith("— better")
     assert table[table["variant"] == "a"].iloc[0]["val/verdict"] == "better"
+    # better than the only other variant, the baseline: its mean is the bold one
+    (bold,) = [line for line in md.splitlines() if "**" in line and line.startswith("|")]
+    assert bold.startswith("| a | 3 | **") and bold.count("**") == 2
 
 
 def test_sign_intervals_and_p_come_from_the_same_runs(tmp_path):
@@ -123,7 +126,8 @@ def test_the_table_shows_the_verdict_not_a_star(tmp_path):
     table, md = report(tmp_path, runs, per_image)
     tex = (tmp_path / "rep" / "results.tex").read_text()
     csv = pd.read_csv(tmp_path / "rep" / "results.csv")
-    assert " *" not in tex and " *" not in md
+    rows = [line for line in md.splitlines() if line.startswith("|")]
+    assert not any("*" in line for line in rows) and "*" not in tex  # no star, no bold
     assert "no difference" in tex and "val/verdict" in md
     assert list(csv["val/verdict"].fillna("")) == ["no difference", ""]
 

@@ -44,9 +44,10 @@ def test_every_file_is_written(reported):
     assert html.count("data:image/png;base64,") == 4 and "<table" in html
     assert "plots/" not in html  # self-contained: nothing to fetch next to it
     tex = (rep / "results.tex").read_text()
-    assert tex.startswith(r"\begin{tabular}") and r"$\pm$" in tex and r"val/psnr" in tex
+    assert r"\begin{tabular}" in tex and r"$\pm$" in tex and "PSNR (dB)" in tex
     md = (rep / "results.md").read_text()
-    assert "![curves](plots/curves.png)" in md and "baseline ◆ (variant=b2)" in md
+    assert "![curves](plots/curves.png)" in md
+    assert "Baseline: variant=b2 (named by the sweep file)." in md
 
 
 def test_table_numbers_equal_the_mlflow_metrics(reported):
@@ -142,7 +143,11 @@ def test_report_of_one_sweep_by_its_id(reported):
     (sweep_id,) = runs["tag:sr_ablate.sweep_id"].unique()
     out = cli([sweep_id, "--out", str(cwd / "by_id")], cwd, command="report")
     assert out.returncode == 0, out.stderr[-2000:]
-    table = pd.read_csv(cwd / "by_id" / sweep_id / "results.csv")
+    # named after the experiment (here the study's) and the sweep, not a bare hex id
+    assert [p.name for p in (cwd / "by_id").iterdir()] == [f"rep-sweep-{sweep_id}"]
+    folder = cwd / "by_id" / f"rep-sweep-{sweep_id}"
+    table = pd.read_csv(folder / "results.csv")
     assert list(table["n"]) == [2, 2]
+    assert (folder / "results.md").read_text().startswith(f"# rep-sweep-{sweep_id}\n")
     bad = cli(["no_such_thing"], cwd, command="report")
     assert bad.returncode == 2 and "neither an experiment nor a sweep id" in bad.stderr

@@ -6,23 +6,31 @@ model's comparison crops in colour."""
 from __future__ import annotations
 
 import io
+import math
+import os
+from html import escape as html_escape
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import TINY
 from matplotlib.container import ErrorbarContainer
 from matplotlib.legend import Legend
+from matplotlib.text import Text
 from PIL import Image
+from test_complexity import spinners
 
 from sr_ablate import tracking
-from sr_ablate.report import html
+from sr_ablate.report import crops, html, layout, timings
 from sr_ablate.report.build import results_table
+from sr_ablate.report.figures import DENSE, FONT, WIDTH_IN
 from sr_ablate.report.source import StoreSource
 
 # (model, blocks, seed): two SRResNet depths x two seeds, two VDSR (Y channel) depths.
 RUNS = [("srresnet", 1, 0), ("srresnet", 1, 1), ("srresnet", 2, 0), ("srresnet", 2, 1),
         ("vdsr", 3, 0), ("vdsr", 4, 0)]
+LOADED = RUNS[:2]  # run while 2 spin loops per core keep the machine busy: timed under load
 ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "SR_ABLATE_PARENT_RUN_ID", "SR_ABLATE_SWEEP_ID")
 
 
@@ -41,7 +49,9 @@ def smoke_store(tmp_path_factory):
         for model, blocks, seed in RUNS:
             typed = [f"model={model}", f"model.blocks={blocks}", f"seed={seed}"]
             cfg, choices = compose_job(typed + base)
-            run_job(cfg, cwd=str(cwd), overrides=typed, choices=choices)
+            busy = (model, blocks, seed) in LOADED
+            with spinners(2 * len(os.sched_getaffinity(0)) if busy else 0):
+                run_job(cfg, cwd=str(cwd), overrides=typed, choices=choices)
     uri = f"sqlite:///{cwd / 'mlflow.db'}"
     return uri, tracking.runs_frame(uri)
 
@@ -167,10 +177,10 @@ def test_crop_titles_do_not_run_into_each_other(smoke_store):
         assert a.width <= ax_a.width + 0.5  # wrapped to its tile
         assert not any(overlap(a, b) for b, _ in boxes[i + 1:])
     # labels too long to wrap in three lines: letters over the tiles, a key below them
-    tiles = [("HR", np.zeros((8, 8), np.uint8)), ("bicubic", np.zeros((8, 8), np.uint8))]
-    tiles += [(" ".join([f"model.blocks={i}"] * 12), np.zeros((8, 8), np.uint8))
-              for i in range(3)]
-    fig = html.crop_grid(tiles)
+    gray = np.zeros((8, 8), np.uint8)
+    tiles = [crops.Tile("HR", gray, None), crops.Tile("bicubic", gray, 30.0)]
+    tiles += [crops.Tile(" ".join([f"model.blocks={i}"] * 12), gray, 31.0) for i in range(3)]
+    fig = crops.strip(tiles)
     boxes = title_boxes(fig)
     assert [ax.get_title() for ax in fig.axes] == ["HR", "bicubic", "A", "B", "C"]
     assert not any(overlap(a, b) for i, (a, _) in enumerate(boxes) for b, _ in boxes[i + 1:])
@@ -242,3 +252,175 @@ def test_figures_saves_what_it_draws(smoke_store, tmp_path):
         want = np.asarray(Image.open(buf))
         got = np.asarray(Image.open(tmp_path / f"plots/{stem}-fp.png"))
         assert got.shape == want.shape and np.array_equal(got, want), stem
+
+
+def test_timings_taken_under_load_are_marked(smoke_store):
+    """The runs timed while spin loops kept the machine busy recorded a load above the rule's
+    threshold; their variant is marked under load in the table and drawn apart on the ms/frame
+    panel, whose Pareto front joins only timings taken idle. Every other variant's mark is
+    what the rule makes of its runs' recorded figures (this machine may be busy anyway)."""
+    uri, runs = smoke_store
+    group, table = subset(runs, RUNS)
+    timings.mark(table, group)
+    key = list(zip(runs["model"], runs["model.blocks"].astype(int), runs["seed"].astype(int)))
+    loaded = runs[[k in LOADED for k in key]]
+    assert (loaded[timings.LOAD_COL] > timings.LOAD).all()  # recorded in MLflow by the runs
+    assert runs[timings.LOAD_COL].between(0, 1).all() and (runs[timings.SPREAD_COL] >= 0).all()
+    assert table.loc[table["model.blocks"] == 1, timings.STATE].tolist() == [timings.UNDER_LOAD]
+    for (_, row), members in zip(table.iterrows(), html.rp.members(group, table)):
+        states = set(timings.run_states(members))
+        assert row[timings.STATE] == (timings.IDLE if timings.IDLE in states else
+                                      timings.UNDER_LOAD)
+        assert row[timings.LOAD_COL] == members[timings.LOAD_COL].max()
+        idle = members[timings.run_states(members) == timings.IDLE]
+        want = (idle if len(idle) else members)[timings.MS].mean()
+        assert row[timings.MS] == pytest.approx(want)
+
+    shown = layout.variants(table, html.factors(group))
+    timings.annotate(shown.frame, table)
+    for cell, state in zip(shown.frame[timings.MS], table[timings.STATE]):
+        assert cell.endswith("(under load)") == (state == timings.UNDER_LOAD)
+    assert timings.RULE in timings.note(table)
+
+    figs = html.draw(StoreSource(uri), group, table)
+    (ms_ax,) = [ax for ax in figs["pareto"].axes if ax.get_xlabel() == timings.MS]
+    lines = {ln.get_label(): ln for ln in ms_ax.get_lines()}
+    under = table[table[timings.STATE] == timings.UNDER_LOAD]
+    marked = lines["measured under load, not comparable"]
+    assert sorted(marked.get_xdata()) == sorted(under[timings.MS])
+    assert marked.get_markerfacecolor() == "none"  # hollow
+    idle = table[table[timings.STATE] == timings.IDLE]
+    front = lines["Pareto front"].get_xdata()
+    assert set(front) <= set(idle[timings.MS])  # never through a timing taken under load
+    if len(idle):
+        assert len(front) >= 1
+    else:
+        assert len(front) == 0 and "no front" in ms_ax.get_title().replace("\n", " ")
+
+
+def shown_labels(group, table) -> list[str]:
+    """The variant labels the figures use, on one line each."""
+    keys = [k for k in html.factors(group[group["status"] == "FINISHED"]) if k in table]
+    return [" ".join(t.split()) for t in html.rp.variant_labels(table, keys)]
+
+
+def test_pareto_points_are_named_after_their_variant(smoke_store):
+    """Each point carries its variant's name, or a letter the key below spells out (names
+    this long), beside the point and inside the axes."""
+    figs, table = draw(smoke_store, RUNS)
+    labels = shown_labels(subset(smoke_store[1], RUNS)[0], table)
+    fig = figs["pareto"]
+    key = dict(t.get_text().split(": ", 1) for t in fig.legends[0].get_texts()
+               if ": " in t.get_text())
+    fig.draw_without_rendering()
+    for ax in fig.axes:
+        c = ax.get_xlabel()
+        where = {label: (x, y) for label, x, y in zip(labels, table[c], table["val/psnr"])}
+        named = {" ".join(key.get(a.get_text(), a.get_text()).split()): a.xy for a in ax.texts}
+        assert named.keys() == where.keys()
+        for label, xy in where.items():
+            assert named[label] == pytest.approx(xy)
+        box = ax.get_window_extent()
+        for a in ax.texts:
+            ext = a.get_window_extent()
+            assert box.x0 - 0.5 <= ext.x0 and ext.x1 <= box.x1 + 0.5, a.get_text()
+
+
+def test_every_data_line_has_markers(smoke_store):
+    """Smoke runs evaluate twice: two points a line without markers would pass off as a
+    measured curve. Each variant's curves carry a marker on every point (up to DENSE points),
+    and so do the factor and Pareto plots' lines."""
+    figs, table = draw(smoke_store, RUNS)
+    for ax in figs["curves"].axes:
+        data = [ln for ln in ax.get_lines() if not ln.get_label().startswith("bicubic")]
+        assert len(data) == len(table)
+        for ln in data:
+            assert ln.get_marker() not in (None, "None", "", " ")
+            assert len(ln.get_xdata()) <= DENSE and ln.get_markevery() == 1
+        assert any(len(ln.get_xdata()) == 2 for ln in data)  # the case the issue saw
+    for name in ("psnr_vs_model_blocks", "pareto"):
+        for ax in figs[name].axes:
+            for ln in ax.get_lines():
+                if not ln.get_label().startswith("bicubic") and len(ln.get_xdata()):
+                    assert ln.get_marker() not in (None, "None", "", " "), (name, ln)
+
+
+def test_text_is_readable_at_the_pages_width(smoke_store, tmp_path):
+    """Saved as the report saves them, every figure is at most WIDTH_IN wide and every text
+    at least 11 px tall when the page shows the PNG 900 px wide (or at its own size when it
+    is narrower)."""
+    uri, runs = smoke_store
+    group, table = subset(runs, RUNS)
+    for stem, fig in html.draw(StoreSource(uri), group, table).items():
+        buf = io.BytesIO()
+        fig.savefig(buf, dpi=html.DPI, bbox_inches="tight")
+        width = Image.open(buf).size[0]
+        assert width <= WIDTH_IN * html.DPI + 20, stem
+        shrink = min(1.0, 900 / width)
+        for t in fig.findobj(Text):
+            if t.get_visible() and t.get_text().strip():
+                px = t.get_fontsize() * html.DPI / 72 * shrink
+                assert px >= 11, (stem, t.get_text(), px)
+        assert FONT * 900 / (72 * WIDTH_IN) >= 11
+
+
+def test_crop_psnr_is_the_metric_on_the_same_crop(smoke_store, tmp_path):
+    """An RGB model's run records which image and box its comparison crop is, and the crop's
+    PSNR for SR and bicubic; recomputed here from that image (loaded by name), the crop of
+    the logged comparison.png and the metric functions (Y, ceil(scale) pixels shaved), they
+    agree; the strip prints them under the crops and names the image and box above."""
+    from sr_ablate.core.metrics import psnr, rgb_to_y, shave
+    from sr_ablate.data import BUILTIN_VAL, builtin_dir, load_eval_images
+
+    uri, runs = smoke_store
+    run = runs[(runs["model"] == "srresnet") & (runs["model.blocks"].astype(int) == 2)].iloc[0]
+    name, box = run["tag:comparison.image"], run["tag:comparison.box"]
+    x, y, w, h = map(int, box.split(","))
+    scale = int(run["scale"])
+    (path,) = [builtin_dir() / f for f in BUILTIN_VAL if f.rsplit(".", 1)[0] == name]
+    ((_, hr),) = load_eval_images([path], scale)
+    hr_crop = hr[:, y:y + h, x:x + w].double()
+    png = tracking.fetch_artifact(uri, run["run_id"], "comparison.png", tmp_path)
+    img = torch.from_numpy(np.asarray(Image.open(png)).copy()).permute(2, 0, 1).double()
+    bic, sr, gt = (img[:, :, i * w:(i + 1) * w] for i in range(3))
+    assert torch.equal(gt, hr_crop)  # the box is where the HR tile came from
+
+    def crop_psnr(t):
+        return psnr(shave(rgb_to_y(t), math.ceil(scale)), shave(rgb_to_y(hr_crop), scale))
+    assert run["val/crop_psnr"] == pytest.approx(crop_psnr(sr), abs=1e-9)
+    assert run["val/crop_bicubic_psnr"] == pytest.approx(crop_psnr(bic), abs=1e-9)
+
+    group, table = subset(runs, RUNS)
+    fig = html.draw(StoreSource(uri), group, table)["crops"]
+    under = {ax.get_title(): ax.get_xlabel() for ax in fig.axes[:2]}
+    assert under["HR"] == "reference"
+    caption = fig.get_suptitle().replace("\n", " ")
+    ref = runs[runs["run_id"].str[:8] == table["run_id"].iloc[0].split()[0]].iloc[0]
+    rx, ry, rw, rh = ref["tag:comparison.box"].split(",")
+    assert f"Image {ref['tag:comparison.image']}, crop x={rx}, y={ry}, w={rw}, h={rh}" in caption
+    assert under["bicubic"] == f"{ref['val/crop_bicubic_psnr']:.2f} dB"
+    for ax, ids in zip(fig.axes[2:], table["run_id"]):  # the variants' crops, in table order
+        first = runs[runs["run_id"].str[:8] == ids.split()[0]].iloc[0]
+        assert ax.get_xlabel() == f"{first['val/crop_psnr']:.2f} dB"
+
+
+def test_report_records_and_states_how_each_timing_was_taken(reported):
+    """`sr-ablate report` from a real sweep: results.csv keeps each variant's worst recorded
+    load and spread (the runs' MLflow metrics) and its mark by the rule; index.html states the
+    rule and marks the ms/frame cells of variants timed only under load."""
+    cwd, rep = reported
+    runs = tracking.runs_frame(f"sqlite:///{cwd / 'mlflow.db'}")
+    runs = runs[runs["experiment"] == "rep"].dropna(subset=[timings.MS])
+    assert runs[timings.LOAD_COL].between(0, 1).all() and (runs[timings.SPREAD_COL] >= 0).all()
+    table = pd.read_csv(rep / "results.csv")
+    page = (rep / "index.html").read_text()
+    assert html_escape(timings.RULE) in page
+    for _, row in table.iterrows():
+        mine = runs[runs["variant"] == row["variant"]]
+        assert row[timings.LOAD_COL] == pytest.approx(mine[timings.LOAD_COL].max())
+        assert row[timings.SPREAD_COL] == pytest.approx(mine[timings.SPREAD_COL].max())
+        states = set(timings.run_states(mine))
+        want = timings.IDLE if timings.IDLE in states else timings.UNDER_LOAD
+        assert row[timings.STATE] == want
+        cell = f">{row[timings.MS]:.1f} (under load)<"
+        assert (cell in page) == (want == timings.UNDER_LOAD)

@@ -192,3 +192,21 @@ def test_global_operation_has_no_radius():
 
     with pytest.raises(ValueError, match="finite"):
         receptive_radius(Global(), 1, limit=64)
+
+
+@pytest.mark.parametrize("make", [
+    lambda compose: build(compose, ["model=srresnet"]),
+    lambda compose: build(compose, ["model=srresnet", "scale=3", "model.upsampler=bicubic"]),
+    lambda compose: build(compose, ["model=vdsr"]),
+    lambda compose: (Bicubic(3), 3),
+    lambda compose: (Fractional(), 3),
+], ids=["srresnet", "srresnet-x3-bicubic", "vdsr", "bicubic-x3", "fractional-x1.5"])
+def test_perturbation_probe_finds_the_gradient_radius(compose, make):
+    """The probe of ``opaque`` models (onnxruntime: no gradients) changes one input pixel and
+    sees which outputs change; on torch models it must find what the gradients find."""
+    torch.manual_seed(0)
+    model, c = make(compose)
+    by_gradient = receptive_radius(model, c)
+    opaque, _ = make(compose)  # a new instance: the radius is cached per instance
+    opaque.opaque = True
+    assert receptive_radius(opaque, c) == by_gradient > 0

@@ -184,10 +184,10 @@ def test_missing_variant_is_listed_with_its_error(store, compose, tmp_path):
     write(runs, out, "e", expected=[{"model.blocks": 1}, {"model.blocks": 4}],
           failures=[["model.blocks=4 loss=vgg54", "VGG19 weights not found; put them in X"]])
     md = (out / "results.md").read_text()
-    assert "Missing (asked for by the sweep, no finished run): model.blocks=4 (failed: VGG19 " \
-           "weights not found; put them in X)." in md
+    assert ("Missing (asked for by the sweep, no finished run):\n\n- model.blocks=4: failed: "
+            "VGG19 weights not found; put them in X\n") in md
     write(runs, out, "e", expected=[{"model.blocks": 4}])
-    assert "model.blocks=4 (no run recorded" in (out / "results.md").read_text()
+    assert "- model.blocks=4: no run recorded" in (out / "results.md").read_text()
 
 
 SWEEP = """

@@ -1,9 +1,13 @@
 """``sr-ablate report [experiment | sweep id ...]`` (``make report``): result tables from
 the runs in MLflow.
 
-Writes ``reports/<name>/``: ``results.{md,csv,tex}``, a self-contained ``index.html`` and the
-plots, one table per evaluation protocol and model family, with the verdict of every
-comparison with the baseline (see docs/protocol.md#statistics).
+Writes ``reports/<experiment>/`` (for a sweep id: ``reports/<experiment>-sweep-<id>/``; a
+study file's sweep runs in the experiment named after the study): ``results.{md,csv,tex}``,
+a self-contained ``index.html`` and the plots; per evaluation protocol and model family a
+table of the variants and one compact table per evaluation set, with the verdict of every
+comparison with the baseline (see docs/protocol.md#statistics). The baseline: ``--baseline``,
+else the sweep file's ``baseline``, else for a plain ``-m`` sweep per swept key its default
+value when swept, else the first value swept.
 
 ``--export DIR``: also writes DIR, what the report is made from (the runs, their metric
 histories, per-image results and comparison crops; never weights); ``--from DIR [--out OUT]``
@@ -26,21 +30,21 @@ from pathlib import Path
 import pandas as pd
 
 from sr_ablate import UserError, tracking
+from sr_ablate.cli.args import plain
 from sr_ablate.report import artifacts, export, html
-from sr_ablate.report.build import (
-    baseline_of,
+from sr_ablate.report.build import registration, rises_of, write
+from sr_ablate.report.source import ExportSource, Source, StoreSource
+from sr_ablate.report.study import (
+    choose_baseline,
     expected_variants,
     failures_of,
-    registration,
-    rises_of,
+    folder_name,
     select,
-    write,
 )
-from sr_ablate.report.source import ExportSource, Source, StoreSource
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="sr-ablate report", description=__doc__,
+    ap = argparse.ArgumentParser(prog="sr-ablate report", description=plain(__doc__),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", help="experiment names or sweep ids (default: every "
                     "experiment with runs newer than its report)")
@@ -92,14 +96,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {name!r} is neither an experiment nor a sweep id; experiments: "
                   f"{', '.join(sorted(runs['experiment'].unique()))}", file=sys.stderr)
             return 2
-        out = Path(args.out) / name
+        out = Path(args.out) / folder_name(sub, name)
         stamp = str(sub["end_time"].max())
         if not args.names and not args.source and (out / ".runs").is_file() and (
                 out / ".runs").read_text() == stamp:
             print(f"{out}: up to date")
             continue
         definitions, baseline = _study(source, sub, args)
-        write(sub, out, name, baseline, artifacts.fetch_per_image(source, sub),
+        write(sub, out, out.name, baseline, artifacts.fetch_per_image(source, sub),
               figures=lambda g, t, d, s: html.figures(source, g, t, d, s),
               rises=rises_of(source, sub), expected=expected_variants(definitions),
               failures=failures_of(parents, sub, name), effect=args.effect,
@@ -123,10 +127,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _study(source: Source, runs: pd.DataFrame, args) -> tuple[list[str], dict | None]:
     """(the definitions of the sweeps that made ``runs``, the baseline: ``--baseline``, else
-    the one those definitions name)."""
+    the one those definitions give: ``study.choose_baseline``)."""
     definitions = [source.sweep_definition(s) or "" for s in
                    runs.get("tag:sr_ablate.sweep_id", pd.Series(dtype=str)).dropna().unique()]
-    return definitions, _parse_baseline(args.baseline) or baseline_of(runs, definitions)
+    return definitions, _parse_baseline(args.baseline) or choose_baseline(definitions)[0]
 
 
 def _register(source: Source, runs: pd.DataFrame, name: str, baseline: dict | None,

@@ -8,7 +8,10 @@ already has a FINISHED run (same config hash) is skipped unless ``sweep.force=tr
 that was interrupted (its checkpoint is there) resumes its own MLflow run. Each run ends
 with one line on stdout, its PSNR against bicubic (``summary.run_line``); a grid sweep ends
 with a table of its jobs (``summary.sweep_table``), and its parent run lists the earlier runs
-it reused. ``trainer=quick`` says at the start that it checks the pipeline, not a design.
+it reused (and holds a pointer child run for each). A run or sweep stopped by Ctrl-C ends
+with the command that continues it (``interrupts``); output keeps going nowhere, not into an
+error, once the reader of a pipe (``| tee``) is gone (``streams``). ``trainer=quick`` says at
+the start that it checks the pipeline, not a design.
 Jobs run one after another, or in parallel with ``hydra/launcher=joblib`` (threads and
 GPUs shared out by ``resources.plan`` / ``resources.claim_device``).
 ``--config-dir DIR`` (``-cd DIR``, or ``$SR_ABLATE_CONFIG_DIR``) adds the user's config folder
@@ -17,11 +20,8 @@ to both compositions: the checks (``validation.compose``) and Hydra's run (its o
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import traceback
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -29,11 +29,12 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 
 from sr_ablate import UserError
+from sr_ablate.cli import interrupts, streams, sweep_parent
 from sr_ablate.config import CONF_DIR, CONFIG_DIR_ENV, split_config_dir, validation
 from sr_ablate.config.hashing import config_hash
 from sr_ablate.sweeps import grid, resources
 from sr_ablate.training import clock, speed, summary
-from sr_ablate.training.loop import NonFiniteLoss
+from sr_ablate.training.loop import Interrupted, NonFiniteLoss
 
 CWD = os.getcwd()  # before Hydra can change directories: the MLflow store lives here
 # ``sr_ablate.tracking`` (MLflow), ``training.job`` and ``optuna_study`` are imported where they
@@ -42,6 +43,11 @@ CWD = os.getcwd()  # before Hydra can change directories: the MLflow store lives
 
 def _job(cfg, multirun: bool) -> None:
     """One Hydra job: skip it if already done, else run it on its share of the machine."""
+    with streams.guarded():  # a joblib worker's own stdout/stderr may lose their reader too
+        _job_guarded(cfg, multirun)
+
+
+def _job_guarded(cfg, multirun: bool) -> None:
     from sr_ablate import tracking
     from sr_ablate.training.job import resume_interrupted, run_job
 
@@ -50,10 +56,12 @@ def _job(cfg, multirun: bool) -> None:
     job = " ".join(hc.overrides.task) or "(defaults)"
     opened: list[str] = []  # the job's MLflow run id, once run_job() has opened it
 
-    def record(outcome: str, message: str = "", run_id: str = "", metrics=None) -> None:
+    def record(outcome: str, message: str = "", run_id: str = "", metrics=None,
+               kept: bool = False) -> None:
         resources.record(outcome, job, message, num=hc.job.num if multirun else 0,
                          overrides=list(hc.overrides.task),
-                         run_id=run_id or (opened[0] if opened else ""), metrics=metrics)
+                         run_id=run_id or (opened[0] if opened else ""), metrics=metrics,
+                         checkpoint=kept)
 
     def run() -> dict:
         return run_job(cfg, cwd=CWD, overrides=list(hc.overrides.task),
@@ -67,6 +75,7 @@ def _job(cfg, multirun: bool) -> None:
             if done:
                 print(f"skip {job}: FINISHED run {done} has the same config hash "
                       "(sweep.force=true runs it again)", file=sys.stderr)
+                tracking.link_reused(uri, done)  # shown under this sweep's parent in the UI
                 record("skipped", done, done, tracking.run_metrics(uri, done))
                 return
         if multirun:
@@ -80,6 +89,12 @@ def _job(cfg, multirun: bool) -> None:
         else:
             metrics = run()
         record("ran", metrics=metrics)
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: its run ended KILLED, checkpoint saved
+        kept = interrupts.saved(cfg, CWD)
+        record("interrupted", interrupts.job_message(e, kept), kept=kept)
+        if kept and opened:
+            interrupts.tag_run(tracking.store_uri(cfg.tracking.uri, CWD), opened[0])
+        raise
     except (UserError, NonFiniteLoss) as e:
         message = str(e) if isinstance(e, UserError) else (
             f"{e}; the run ended FAILED - lower optim.lr or set trainer.grad_clip")
@@ -121,57 +136,14 @@ def _checked(argv: list[str]):
     if spec and spec.get("optuna"):
         return argv, spec, tmp, None
     if not spec:
-        return argv, spec, tmp, validation.validate(argv)
+        return argv, spec, tmp, validation.validate(argv, files=True)
     extra = [a for a in sys.argv[1:]
              if not a.startswith("sweep=") and a not in ("-m", "--multirun")]
     cfg = None
     for check_argv in grid.checks(spec, extra):
-        checked = validation.validate(check_argv)
+        checked = validation.validate(check_argv, files=True)
         cfg = cfg or checked
     return argv, spec, tmp, cfg
-
-
-@dataclass
-class Sweep:
-    """A running ``-m`` sweep: its MLflow parent run and the folder its jobs report to."""
-    uri: str
-    sweep_id: str
-    parent: str
-    outcomes: Path
-
-
-def _open_sweep(cfg, argv: list[str], spec) -> Sweep:
-    from sr_ablate import tracking
-
-    uri = tracking.store_uri(cfg.tracking.uri, CWD)
-    tracking.reachable(uri)
-    sweep_id = uuid.uuid4().hex[:12]
-    # Create the store and the experiment here, once, before any parallel job starts.
-    parent = tracking.start_parent(uri, cfg.tracking.experiment, sweep_id,
-                                   grid.definition(argv, spec))
-    outcomes = Path(CWD) / ".sr_ablate" / os.environ[tracking.SWEEP_ENV]
-    outcomes.mkdir(parents=True)
-    os.environ[resources.OUTCOMES_ENV] = str(outcomes)
-    return Sweep(uri, sweep_id, parent, outcomes)
-
-
-def _close_sweep(sw: Sweep, results: list[dict], code: int, status: str | None) -> None:
-    """Record reused runs and failed jobs on the parent, end it, print the sweep's table."""
-    from sr_ablate import tracking
-
-    failed = [r for r in results if r["outcome"] == "failed"]
-    tracking.record_reused(sw.uri, sw.parent, [r["run_id"] for r in results
-                                               if r["outcome"] == "skipped" and r["run_id"]])
-    tracking.record_failed(sw.uri, sw.parent, [(r["job"], r["message"]) for r in failed])
-    tracking.end_parent(sw.uri, sw.parent, ok=code == 0 and not failed, status=status)
-    for message in dict.fromkeys(r["message"] for r in failed):
-        print(f"error: {message}", file=sys.stderr)
-    print(resources.summary(results), file=sys.stderr)
-    if results:  # the sweep's results, on stdout like each run's line
-        print(summary.sweep_table(results, sw.sweep_id), flush=True)
-    shutil.rmtree(sw.outcomes, ignore_errors=True)
-    if not any(sw.outcomes.parent.iterdir()):
-        sw.outcomes.parent.rmdir()
 
 
 def config_dir_option(argv: list[str]) -> tuple[list[str], str | None]:
@@ -191,23 +163,28 @@ def config_dir_option(argv: list[str]) -> tuple[list[str], str | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    typed = list(sys.argv[1:] if argv is None else argv)
     try:
-        argv, config_dir = config_dir_option(argv)
+        argv, config_dir = config_dir_option(typed)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     sys.argv = [sys.argv[0], *argv]  # _checked reads the user's overrides from sys.argv
-    before = os.environ.get(CONFIG_DIR_ENV)
+    multirun = any(a in ("-m", "--multirun") for a in argv) or any(
+        a.startswith("sweep=") for a in argv)
+    saved = {k: os.environ.get(k) for k in (CONFIG_DIR_ENV, interrupts.RESUME_ENV)}
     if config_dir is not None:
         os.environ[CONFIG_DIR_ENV] = config_dir
+    os.environ[interrupts.RESUME_ENV] = interrupts.resume_command(typed, multirun)
     try:
-        return _main(argv, config_dir)
+        with streams.guarded():  # `... | tee log` then Ctrl-C: the interrupt path still runs
+            return _main(argv, config_dir)
     finally:
-        if before is None:
-            os.environ.pop(CONFIG_DIR_ENV, None)
-        else:
-            os.environ[CONFIG_DIR_ENV] = before
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _main(argv: list[str], config_dir: str | None) -> int:
@@ -221,7 +198,8 @@ def _main(argv: list[str], config_dir: str | None) -> int:
         if notice:
             print(notice, file=sys.stderr)
         multirun = any(a in ("-m", "--multirun") for a in argv)
-        sweep = _open_sweep(cfg, argv, spec) if multirun and cfg is not None else None
+        sweep = (sweep_parent.open_sweep(cfg, argv, spec, CWD) if multirun and cfg is not None
+                 else None)
     except UserError as e:
         if tmp is not None:
             tmp.cleanup()
@@ -236,7 +214,7 @@ def _main(argv: list[str], config_dir: str | None) -> int:
     def task(cfg):
         _job(cfg, multirun)
 
-    code, status = 0, None
+    code, status, stop = 0, None, None
     try:
         if sweep is not None and "hydra/launcher=joblib" in argv:
             t = cfg.trainer  # auto speed settings measured once, not by parallel jobs at once
@@ -245,13 +223,21 @@ def _main(argv: list[str], config_dir: str | None) -> int:
         task()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
-    except KeyboardInterrupt:
-        code, status = 130, "KILLED"
-        print("sr_ablate: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        code, status, stop = 130, "KILLED", e
     finally:
         results = resources.outcomes(sweep.outcomes) if sweep else []
         if sweep is not None:
-            _close_sweep(sweep, results, code, status)
+            sweep_parent.close_sweep(sweep, results, code, status)
         if tmp is not None:
             tmp.cleanup()
+    if stop is not None:  # the last line: how to go on from here
+        if sweep is not None:
+            line = interrupts.sweep_line()
+        elif cfg is not None:
+            line = interrupts.run_line(stop, isinstance(stop, Interrupted)
+                                       or interrupts.saved(cfg, CWD))
+        else:  # Hydra's own flags (--cfg, --info): nothing was training
+            line = "sr_ablate: interrupted"
+        print(line, file=sys.stderr, flush=True)
     return code or (2 if any(r["outcome"] == "failed" for r in results) else 0)

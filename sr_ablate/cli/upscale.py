@@ -158,7 +158,8 @@ def _one(trained, src: Path, dst: Path, opt: dict) -> str:
     """Upscale one file; returns the line that says what was done."""
     img = files.read_picture(src)
     t0 = time.perf_counter()
-    tile = choose_tile(trained, *img.shape[:2]) if opt["tile"] is None else opt["tile"]
+    tile = (choose_tile(trained, *img.shape[:2], overlap=opt["overlap"]) if opt["tile"] is None
+            else opt["tile"])
     out = upscale_array(trained, img, tile, opt["overlap"], opt["precision"])
     seconds = time.perf_counter() - t0
     note = files.write_picture(out, dst, opt["overwrite"])

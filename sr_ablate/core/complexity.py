@@ -9,10 +9,13 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from sr_ablate.core.cpuload import CpuLoad
 
 
 def count_params(model: nn.Module) -> int:
@@ -61,15 +64,33 @@ def gflops(model: nn.Module, input_shape: tuple) -> float:
     return counter.get_total_flops() / 1e9
 
 
+@dataclass(frozen=True)
+class Timing:
+    """One timing of a forward pass and how disturbed it was.
+
+    ``ms_per_frame``: the fastest of the timed passes (ms); ``spread``: median / fastest - 1
+    (0.2 = the median pass took 20% longer); ``load``: the part of the usable CPUs' time other
+    processes took while timing, in [0, 1] (``core.cpuload``; NaN off Linux); ``passes``: how
+    many passes were timed; ``cores``: CPUs this process may use."""
+    ms_per_frame: float
+    spread: float
+    load: float
+    passes: int
+    cores: int
+
+
 def ms_per_frame(model: nn.Module, input_shape: tuple, warmup: int = 2, repeats: int = 5,
-                 device: str | torch.device | None = None) -> float:
-    """Median wall-clock milliseconds of one forward pass on an input of ``input_shape``.
+                 device: str | torch.device | None = None, min_seconds: float = 0.0) -> Timing:
+    """Wall-clock milliseconds of one forward pass on an input of ``input_shape``: the fastest
+    of the timed passes, with their spread and the machine's load meanwhile (``Timing``).
 
     ``input_shape`` as in ``gflops`` (LR size for LR-input models, HR size for
     ``upsampled_input`` ones). Eval mode, ``torch.inference_mode``, ``warmup`` untimed passes,
-    then the median of ``repeats`` timed ones; on CUDA each pass is bracketed by
-    ``torch.cuda.synchronize()``. ``device``: where to time (default: the model's device); a
-    copy of the model is moved there, the model itself is left where it is.
+    then ``repeats`` timed ones, more while the timed passes took less than ``min_seconds``
+    together (the load is read over that interval: /proc/stat counts in 1/100 s); on CUDA
+    each pass is bracketed by ``torch.cuda.synchronize()``. ``device``: where to time
+    (default: the model's device); a copy of the model is moved there, the model itself is
+    left where it is.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -79,20 +100,30 @@ def ms_per_frame(model: nn.Module, input_shape: tuple, warmup: int = 2, repeats:
     net = model if device == here else copy.deepcopy(model).to(device)
     x = _input(net, input_shape, device)
     cuda = device.type == "cuda"
+
+    def forward() -> float:
+        if cuda:
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        net(x)
+        if cuda:
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - t) * 1e3
+
     was_training = net.training
     net.eval()
-    times = []
+    times: list[float] = []
     try:
         with torch.inference_mode():
-            for i in range(warmup + repeats):
-                if cuda:
-                    torch.cuda.synchronize(device)
-                t = time.perf_counter()
-                net(x)
-                if cuda:
-                    torch.cuda.synchronize(device)
-                if i >= warmup:
-                    times.append((time.perf_counter() - t) * 1e3)
+            for _ in range(warmup):
+                forward()
+            with CpuLoad() as load:
+                while len(times) < repeats or sum(times) < 1e3 * min_seconds:
+                    times.append(forward())
     finally:
         net.train(was_training)
-    return statistics.median(times)
+    # the minimum, not the mean or median: other work only ever adds time to a pass, so the
+    # fastest pass is the least disturbed estimate of what the model itself costs
+    fastest = min(times)
+    return Timing(ms_per_frame=fastest, spread=statistics.median(times) / fastest - 1,
+                  load=load.share, passes=len(times), cores=load.cores)

@@ -101,6 +101,14 @@ def to_metric(out: torch.Tensor, hr: torch.Tensor, p: Protocol) -> torch.Tensor:
     return out
 
 
+def bicubic_metric(hr: torch.Tensor, scale: float, p: Protocol) -> torch.Tensor:
+    """The bicubic baseline of ``hr`` (C, H, W) uint8 in the protocol's metric space. It is
+    the protocol's own pipeline, whatever a model takes: classic Y works on the rounded Y;
+    otherwise the image's own channels."""
+    base = 1 if (p.name == "classic" and p.color == "y") else hr.shape[0]
+    return to_metric(bicubic_up(model_input(hr, scale, p, base), scale), hr, p)
+
+
 def score(out: torch.Tensor, ref: torch.Tensor, scale: float) -> tuple[float, float]:
     """(PSNR, SSIM) of two metric-space images with ``ceil(scale)`` pixels shaved."""
     b = int(-(-scale // 1))
@@ -157,11 +165,7 @@ class Evaluator:
             for _, hr in self.images:
                 lq = model_input(hr, self.scale, p, channels)
                 ref = reference(hr, p)
-                # The baseline is the protocol's own pipeline, whatever the model takes:
-                # classic Y works on the rounded Y; otherwise the image's own channels.
-                base = 1 if (p.name == "classic" and p.color == "y") else hr.shape[0]
-                lq_b = lq if base == channels else model_input(hr, self.scale, p, base)
-                bic = to_metric(bicubic_up(lq_b, self.scale), hr, p)
+                bic = bicubic_metric(hr, self.scale, p)
                 rows.append((lq, ref, *score(bic, ref, self.scale)))
             self._cache[channels] = rows
         return self._cache[channels]

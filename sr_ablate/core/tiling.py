@@ -1,16 +1,22 @@
-"""Tiled inference that gives the same pixels as whole-image inference (docs/protocol.md#tiling).
+"""Tiled inference with the pixels of whole-image inference, to float rounding
+(docs/protocol.md#tiling).
 
 Each tile of the *input* is run with ``overlap`` pixels of context on every side and the
 context is cropped off its output. The context is clipped at the image edge, where the
 whole-image model sees the same zero padding, so nothing is padded here. With
 ``overlap >= receptive_radius(model)`` every kept output pixel depends only on input pixels the
-tile holds, and the stitched image equals the whole-image output up to float rounding
-(convolution algorithms may differ with the input size: ~1e-6 on [0, 1] images).
+tile holds, and the stitched image equals the whole-image output up to float rounding. Why
+not exactly: a convolution library orders its sums by the input's size (torch's oneDNN does
+for 3-input-channel convs on the CPU, cuDNN picks algorithms by size), a few float32 ulps,
+<= 3e-7 on [0, 1] as measured; rounded to 8 bits, a value that close to a rounding boundary
+lands one level apart, a few values in 100,000. Torch without oneDNN gave bit-equal tiles at
+2-3x the CPU time, and neither cuDNN nor onnxruntime has such a switch: not worth promising.
 
 The radius is measured, not hard-coded: backpropagate from one output block and see which input
 pixels get a non-zero gradient. That covers every architecture knob, including feature
 interpolation (``upsampler=bicubic``), whose border handling (index clamping) differs at a tile
-edge unless the context covers its taps.
+edge unless the context covers its taps. An ``opaque`` model (onnxruntime: no gradients) is
+probed by changing one input pixel and seeing which outputs change.
 """
 from __future__ import annotations
 
@@ -43,28 +49,62 @@ def _device(model: nn.Module, default) -> torch.device:
     return param.device if param is not None else torch.device(default)
 
 
-def _support(model: nn.Module, x: torch.Tensor, o0: int, o1: int,
-             gen: torch.Generator) -> tuple[list[int], list[int]]:
-    """Rows and columns of ``x`` whose pixels change output block [o0, o1)^2 (non-zero grad)."""
+def _support(model: nn.Module, x: torch.Tensor, c: int, p: int, s: float,
+             gen: torch.Generator) -> tuple[int, int, bool] | None:
+    """(lo, hi, clear) of the input pixels that change the outputs of input pixels [c, c + p)
+    (non-zero gradient of a random mix of them); clear: the support avoids x's border. None
+    when the outputs do not depend on the input."""
     x = x.requires_grad_()
     with torch.enable_grad():
-        block = model(x)[..., o0:o1, o0:o1]
+        block = model(x)[..., round(c * s):round((c + p) * s), round(c * s):round((c + p) * s)]
         # Random weights so that no two outputs' gradients can cancel exactly.
         weights = torch.randn(block.shape, generator=gen).to(block.device, block.dtype)
         (grad,) = torch.autograd.grad((block * weights).sum(), x)
     support = grad.abs().sum(dim=(0, 1)) != 0  # (n, n)
-    return (support.any(dim=1).nonzero().flatten().tolist(),
-            support.any(dim=0).nonzero().flatten().tolist())
+    rows = support.any(dim=1).nonzero().flatten().tolist()
+    cols = support.any(dim=0).nonzero().flatten().tolist()
+    if not rows:
+        return None
+    lo, hi = min(rows[0], cols[0]), max(rows[-1], cols[-1])
+    return lo, hi, lo > 0 and hi < x.shape[-1] - 1
+
+
+@torch.no_grad()
+def _reach(model: nn.Module, x: torch.Tensor, c: int, p: int, s: float) -> \
+        tuple[int, int, bool] | None:
+    """``_support`` for a model without gradients: each pixel u of [c, c + p) (on the
+    diagonal) is set to 0, then to 1, and the output groups (p*s pixels, those of p input
+    pixels) that change at all are found; a group g changed by u means the group at c
+    depends on input u + c - g*p (the model is equivariant to shifts by p). Exact
+    comparison is sound: an output outside the field is computed from the same numbers by
+    the same kernels at the same size, so it comes out bit for bit the same."""
+    base = model(x)
+    step, last = round(p * s), x.shape[-1] // p - 1  # output pixels per group, last group
+    deps, clear = [], True
+    for u in range(c, c + p):
+        for value in (0.0, 1.0):  # two ways, so that no ReLU hides the change
+            probe = x.clone()
+            probe[..., u, u] = value
+            changed = (model(probe) != base).flatten(0, 1).any(dim=0)  # (N, N)
+            for line in (changed.any(dim=1), changed.any(dim=0)):  # rows, columns
+                groups = line.nonzero().flatten() // step
+                if len(groups):
+                    g0, g1 = int(groups.min()), int(groups.max())
+                    deps += [u + c - g1 * p, u + c - g0 * p]
+                    clear = clear and 0 < g0 and g1 < last
+    return (min(deps), max(deps), clear) if deps else None
 
 
 def receptive_radius(model: nn.Module, in_channels: int = 3, start: int = 32,
                      limit: int = 2048) -> int:
-    """Receptive-field radius of ``model`` in input pixels, measured by gradient probing.
+    """Receptive-field radius of ``model`` in input pixels, measured by probing.
 
     In eval mode, on a random (1, in_channels, n, n) input, the gradient of one output block
     (the outputs of one input pixel: s x s pixels for an LR-input model at scale s, one pixel
     for an ``upsampled_input`` model) is taken with respect to the input; the radius is the
     largest distance, along either axis, from that input pixel to one with a non-zero gradient.
+    An ``opaque`` model (onnxruntime's ``OrtNet``) has no gradients: the input pixel is
+    changed instead and the outputs that change give the same distance (``_reach``).
     ``n`` starts at ``start`` and doubles until the support stays clear of the border (so the
     field is not truncated); a model whose field reaches ``limit`` (e.g. global pooling) has
     no finite radius: ValueError. Assumes the model is shift-equivariant (no striding inside).
@@ -92,11 +132,12 @@ def receptive_radius(model: nn.Module, in_channels: int = 3, start: int = 32,
             c = n // 2 // p * p  # probed input pixels [c, c + p) on both axes
             with (torch.backends.cudnn.flags(enabled=False) if device.type == "cuda"
                   else contextlib.nullcontext()):
-                rows, cols = _support(model, x, round(c * s), round((c + p) * s), gen)
-            if not rows:
+                found = (_reach(model, x, c, p, s) if getattr(model, "opaque", False)
+                         else _support(model, x, c, p, s, gen))
+            if found is None:
                 raise ValueError("the output does not depend on the input; no receptive field")
-            lo, hi = min(rows[0], cols[0]), max(rows[-1], cols[-1])
-            if lo > 0 and hi < n - 1:
+            lo, hi, clear = found
+            if clear:
                 break
             if n >= limit:
                 raise ValueError(f"the receptive field reaches the border of a {n}x{n} input; "
@@ -176,33 +217,50 @@ def tiled_forward(model: nn.Module, x: torch.Tensor, tile: int,
     return out[..., :end_y, :end_x]
 
 
+def largest_tile(model: nn.Module, side: int, overlap: int) -> int:
+    """The largest tile (input pixels, a multiple of the scale's period) whose pass in
+    ``tiled_forward``, context included, is at most ``side`` x ``side`` input pixels: the
+    context is ``overlap`` on each side plus up to period - 1 (it starts and ends on the
+    period). <= 0 when the context alone fills ``side``."""
+    p = _period(_out_scale(model))
+    return (side - 2 * (overlap + p - 1)) // p * p
+
+
+def _module_nbytes(model: nn.Module, x: torch.Tensor) -> list[int]:
+    """Bytes of every leaf module's output in one pass over ``x``, the model's output last."""
+    sizes = []
+
+    def hook(module, args, out):
+        if isinstance(out, torch.Tensor):
+            sizes.append(out.numel() * x.element_size())
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return [*sizes, out.numel() * x.element_size()]
+
+
 def bytes_per_input_pixel(model: nn.Module, in_channels: int = 3, side: int = 24) -> float:
     """Memory one forward pass (no grad) takes per input pixel, measured on a (1, in_channels,
-    side, side) probe: three times the largest module output (a layer's input, its output
-    and a skip connection alive at once) plus the model output, in the model's dtype.
-    What ``upscale`` compares with the free memory to decide whether to tile. Cached per
-    model instance and ``in_channels`` (a video asks once per batch of frames)."""
+    side, side) probe: three times the largest tensor the pass makes (a layer's input, its
+    output and a skip connection alive at once) plus the model output, in the model's dtype.
+    The tensors are the leaf modules' outputs, or for an ``opaque`` model (onnxruntime) what
+    its ``tensor_nbytes`` says: every node output of its graph. What ``upscale`` compares
+    with the free memory to decide whether and how to tile. Cached per model instance and
+    ``in_channels`` (a video asks once per batch of frames)."""
     cached = _footprints.setdefault(model, {})
     if in_channels in cached:
         return cached[in_channels]
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None else torch.float32
     side = side // _period(_out_scale(model)) * _period(_out_scale(model))
-    largest = [0]
-
-    def hook(module, args, out):
-        if isinstance(out, torch.Tensor):
-            largest[0] = max(largest[0], out.numel())
-
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        with torch.no_grad():
-            out = model(torch.zeros(1, in_channels, side, side, dtype=dtype,
-                                    device=_device(model, "cpu")))
-    finally:
-        for h in handles:
-            h.remove()
-    size = torch.finfo(dtype).bits // 8
-    cached[in_channels] = per_px = (3 * largest[0] + out.numel()) * size / side ** 2
+    x = torch.zeros(1, in_channels, side, side, dtype=dtype, device=_device(model, "cpu"))
+    sizes = (model.tensor_nbytes(x) if getattr(model, "opaque", False)
+             else _module_nbytes(model, x))
+    cached[in_channels] = per_px = (3 * max(sizes) + sizes[-1]) / side ** 2
     return per_px

@@ -123,15 +123,16 @@ def _name_dims(proto) -> None:
                 d.dim_param = pattern.sub(lambda m: names[m.group(1)], d.dim_param)
 
 
-def ort_session(path: str | Path, threads: int | None = None):
-    """An onnxruntime CPU session of the file at ``path``; ``threads``: intra-op threads
-    (None: onnxruntime's choice, one per physical core)."""
+def ort_session(path: str | Path | bytes, threads: int | None = None):
+    """An onnxruntime CPU session of the file at ``path`` (or of a serialised model);
+    ``threads``: intra-op threads (None: onnxruntime's choice, one per physical core)."""
     _, ort = require()
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors come back as exceptions; no second copy on stderr
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options,
+                                providers=["CPUExecutionProvider"])
 
 
 def run_onnx(session, lr: np.ndarray) -> np.ndarray:
@@ -174,17 +175,44 @@ def parity(trained: Trained, onnx_path: str | Path, image: np.ndarray,
 class OrtNet(torch.nn.Module):
     """An exported file run by onnxruntime, in the place of the torch network: (B, C, h, w)
     float in [0, 1] -> (B, C, h*s, w*s) float32, on the CPU. ``inference.upscale`` and
-    ``inference.video`` use it as they use a torch model (tiling needs ``overlap=``: the
-    receptive radius is measured with torch's gradients, which onnxruntime has not)."""
+    ``inference.video`` use it as they use a torch model. ``opaque``: torch sees no layers
+    and no gradients inside, so ``core.tiling`` asks it for its tensors' sizes
+    (``tensor_nbytes``) and finds its receptive radius by perturbing input pixels."""
+    opaque = True
 
-    def __init__(self, session, scale: float, channels: int, upsampled_input: bool, q: int):
+    def __init__(self, session, path: str | Path, scale: float, channels: int,
+                 upsampled_input: bool, q: int):
         super().__init__()
-        self.session, self.scale, self.in_channels, self.q = session, scale, channels, q
-        self.upsampled_input = upsampled_input
+        self.session, self.path, self.scale, self.in_channels = session, path, scale, channels
+        self.upsampled_input, self.q = upsampled_input, q
         self.anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)  # the device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(run_onnx(self.session, x.detach().float().cpu().numpy()))
+
+    def tensor_nbytes(self, x: torch.Tensor) -> list[int]:
+        """Bytes of every tensor one pass over ``x`` (B, C, h, w) makes, the output last.
+
+        Why this way: the file is run once more with every node's output made a graph
+        output, so these are the tensors onnxruntime makes, and ``core.tiling`` applies the
+        rule it applies to a torch model's module outputs to them. ONNX shape inference
+        cannot follow ESPCN's fold (Shape/Div/Concat into Reshape); onnxruntime's peak memory
+        cannot be read apart from the rest of the process (its arena keeps what it grew);
+        and the file alone holds no torch model. Constants (weights) are left out, as they
+        are from the torch count."""
+        onnx, _ = require()
+        proto = onnx.load(str(self.path))
+        graph = proto.graph
+        known = {o.name for o in graph.output}
+        for node in graph.node:
+            for name in node.output if node.op_type != "Constant" else ():
+                if name and name not in known:
+                    graph.output.add().name = name  # its type left for onnxruntime to infer
+                    known.add(name)
+        session = ort_session(proto.SerializeToString(), threads=1)
+        names = [o.name for o in session.get_outputs()]
+        arrays = dict(zip(names, session.run(None, {"lr": x.float().cpu().numpy()})))
+        return [a.nbytes for name, a in arrays.items() if name != "sr"] + [arrays["sr"].nbytes]
 
 
 def from_onnx(path: str | Path, threads: int | None = None) -> Trained:
@@ -198,6 +226,6 @@ def from_onnx(path: str | Path, threads: int | None = None) -> Trained:
         raise UserError(f"{path} is not an ONNX file written by sr-ablate export "
                         f"({e.__class__.__name__}); export the run again") from None
     upsampled = meta.get("sr_ablate.upsampled_input") == "1"
-    net = OrtNet(ort_session(path, threads), scale, channels, upsampled,
+    net = OrtNet(ort_session(path, threads), path, scale, channels, upsampled,
                  int(meta.get("sr_ablate.side_multiple", 1)))
     return Trained.of(net.eval(), scale, str(path))

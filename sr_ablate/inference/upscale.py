@@ -7,7 +7,8 @@ its output goes back to gray with the normalised luma weights); an alpha channel
 bicubically. Rounding to uint8 is MATLAB's (``core.degrade.to_uint8``).
 
 Large images are tiled when whole-image inference would not fit in the memory at hand, with
-the same pixels as whole-image inference (``core.tiling``).
+the pixels of whole-image inference to float rounding (``core.tiling``: after rounding to
+uint8, about 1 value in 100,000 may differ by one level).
 """
 from __future__ import annotations
 
@@ -22,11 +23,19 @@ from sr_ablate import UserError
 from sr_ablate.core.degrade import bicubic_up, to_uint8, upsampled_input
 from sr_ablate.core.evaluate import colorize_y, to_gray
 from sr_ablate.core.metrics import rgb_to_y
-from sr_ablate.core.tiling import bytes_per_input_pixel, tiled_forward
+from sr_ablate.core.tiling import (
+    bytes_per_input_pixel,
+    largest_tile,
+    receptive_radius,
+    tiled_forward,
+)
 from sr_ablate.inference.trained import Trained
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MEMORY_SHARE = 0.5  # of the free memory, what one forward pass may take before tiling
+# Smaller tiles would be mostly context (SRResNet-16's radius is 36 px a side). A pass of this
+# tile may take more than MEMORY_SHARE: the rest of the free memory is the margin for it.
+MIN_TILE = 32
 
 
 def free_memory(device: torch.device) -> int:
@@ -44,22 +53,28 @@ def free_memory(device: torch.device) -> int:
 
 
 def auto_tile(trained: Trained, shape: tuple[int, ...], device: torch.device,
-              free: int | None = None) -> int:
+              free: int | None = None, overlap: int | None = None) -> int:
     """0 (whole image) when a forward pass over input ``shape`` (B, C, h, w) fits in
-    MEMORY_SHARE of the free memory, else the largest tile side (input pixels) that does."""
+    MEMORY_SHARE of the free memory, else the largest tile side (input pixels) whose pass
+    *with its context* fits: tile + 2 x ``overlap`` on a side (None: the receptive radius,
+    as ``tiled_forward`` takes it). At least MIN_TILE, even where that pass is larger."""
     per_px = bytes_per_input_pixel(trained.model, shape[1]) * shape[0]
     budget = MEMORY_SHARE * (free_memory(device) if free is None else free)
     if per_px * shape[-2] * shape[-1] <= budget:
         return 0
-    return max(32, int(math.sqrt(budget / per_px)))
+    if overlap is None:
+        overlap = receptive_radius(trained.model, shape[1])
+    side = math.isqrt(int(budget / per_px))  # the largest square pass that fits
+    return max(MIN_TILE, largest_tile(trained.model, side, overlap))
 
 
-def choose_tile(trained: Trained, h: int, w: int, batch: int = 1) -> int:
+def choose_tile(trained: Trained, h: int, w: int, batch: int = 1,
+                overlap: int | None = None) -> int:
     """``auto_tile`` for a (h, w) picture, on the model's device: 0 or a tile side."""
     device = next(trained.model.parameters()).device
     if trained.upsampled_input:  # the network runs on the enlarged picture
         h, w = round(h * trained.scale), round(w * trained.scale)
-    return auto_tile(trained, (batch, trained.channels, h, w), device)
+    return auto_tile(trained, (batch, trained.channels, h, w), device, overlap=overlap)
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -84,7 +99,7 @@ def forward(trained: Trained, x: torch.Tensor, tile: int | None = None,
     # same input, in a third of the memory traffic of a video frame
     x = x.float() / 255 if x.dtype == torch.uint8 else (x.to(torch.float64) / 255).float()
     if tile is None:
-        tile = auto_tile(trained, tuple(x.shape), device)
+        tile = auto_tile(trained, tuple(x.shape), device, overlap=overlap)
     dtype = PRECISIONS[precision]
     cast = (torch.autocast(device.type, dtype=dtype) if dtype is not None
             else contextlib.nullcontext())

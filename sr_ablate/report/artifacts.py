@@ -29,9 +29,9 @@ def histories(source: Source, run_ids, key: str) -> list[dict[int, float]]:
 
 
 def comparisons(source: Source, runs: list[pd.DataFrame], labels: list[str]
-                ) -> list[tuple[str, np.ndarray]]:
-    """(label, ``comparison.png`` of the variant's first run as an array) for each variant
-    that has one."""
+                ) -> list[tuple[str, pd.Series, np.ndarray]]:
+    """(label, the variant's first run (its row of the runs frame), that run's
+    ``comparison.png`` as an array) for each variant that has one."""
     found = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, r) in enumerate(zip(labels, runs)):
@@ -39,5 +39,5 @@ def comparisons(source: Source, runs: list[pd.DataFrame], labels: list[str]
                 continue
             p = source.artifact(r["run_id"].iloc[0], "comparison.png", Path(tmp) / str(i))
             if p is not None:
-                found.append((label, np.asarray(Image.open(p))))
+                found.append((label, r.iloc[0], np.asarray(Image.open(p))))
     return found

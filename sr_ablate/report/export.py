@@ -17,7 +17,6 @@ from pathlib import Path
 import pandas as pd
 
 from sr_ablate import UserError
-from sr_ablate.report.build import select
 from sr_ablate.report.source import (
     COMPARISONS,
     FORMAT,
@@ -27,6 +26,7 @@ from sr_ablate.report.source import (
     Source,
     read_rows,
 )
+from sr_ablate.report.study import select
 
 SWEEP_ID = "tag:sr_ablate.sweep_id"
 
@@ -45,7 +45,7 @@ def exported_runs(frame: pd.DataFrame, names: list[str]
                   ) -> tuple[pd.DataFrame, list[str], list[str]]:
     """What the reports of ``names`` read from ``frame`` (every run, sweep parents included):
     (its rows, in frame order, without the columns none of them has; the reported run ids;
-    their sweep ids). Parents kept: those ``build.select`` and ``build.failures_of`` read."""
+    their sweep ids). Parents kept: those ``study.select`` and ``study.failures_of`` read."""
     role = frame.get("tag:sr_ablate.role", pd.Series(index=frame.index, dtype=str))
     parents, runs = frame[role == "sweep"], frame[role != "sweep"]
     ids, sweeps = set(), set()

@@ -1,8 +1,9 @@
 """The report's matplotlib figures, drawn from a results table and returned unsaved.
 
 Each chart function returns a ``Figure`` (constrained layout) so that its geometry can be
-checked before ``report_html`` saves it. Conventions for all: a legend sits below the plots,
-outside every axes, and the figure grows to hold it; the bicubic PSNR is a dashed line
+checked before ``report_html`` saves it. Conventions for all: every data line has markers;
+a legend sits below the plots, outside every axes, and the figure grows to hold it; text is
+sized for the page's width (``WIDTH_IN``, ``FONT``); the bicubic PSNR is a dashed line
 labelled ``bicubic``; error bars (mean ± 95% CI over seeds) only where a variant has n ≥ 2
 runs, and each axes' title says what its bars are.
 """
@@ -17,8 +18,15 @@ from matplotlib.ticker import MaxNLocator
 
 # Params naming the architecture: the config group choice (``srresnet``), else the class.
 FAMILY_KEYS = ("tag:model.class", "model", "model._target_")
-FONT = 7
+# The HTML page shows a figure at its own size (inches x DPI) or, on a narrower page, scaled
+# to the page's width: text then shrinks by the figure's width. Figures are at most WIDTH_IN
+# wide and their smallest text FONT pt, so on a page 900 px wide or more text is at least
+# FONT * 900 / (72 * WIDTH_IN) = 11.25 px tall (axis labels and ticks: matplotlib's 10 pt).
+WIDTH_IN = 10
+FONT = 9
 LABEL_WIDTH = 60  # characters per legend line; longer labels wrap
+MARKERS = "osD^vP*X"  # one shape per variant: told apart without colour, too
+DENSE = 40  # a curve with more points marks every k-th, about this many
 
 
 def members(group: pd.DataFrame, table: pd.DataFrame) -> list[pd.DataFrame]:
@@ -76,7 +84,7 @@ def error_note(n: pd.Series) -> str:
     return text + ("; n=1 points: single run, no error bar" if (n < 2).any() else "")
 
 
-def _errorbars(ax, x, y, ci, n, color) -> None:
+def errorbars(ax, x, y, ci, n, color) -> None:
     """95% CI bars on the points pooling n >= 2 runs (plain markers are drawn elsewhere)."""
     ok = (np.asarray(n) >= 2) & np.isfinite(np.asarray(ci, dtype=float))
     if ok.any():
@@ -107,14 +115,14 @@ def legend_below(fig: Figure, axes, entries: dict | None = None, **kw) -> object
     return leg
 
 
-def _one_level(bicubic) -> float | None:
+def one_level(bicubic) -> float | None:
     """The bicubic PSNR when every variant shares it (NaN ignored), else None."""
     b = np.asarray(bicubic, dtype=float)
     b = b[np.isfinite(b)]
     return float(b[0]) if len(b) and np.ptp(b) < 1e-6 else None
 
 
-def _bicubic_line(ax, level: float, label: str = "bicubic", color="gray") -> None:
+def bicubic_line(ax, level: float, label: str = "bicubic", color="gray") -> None:
     if np.isfinite(level):  # axhline takes part in autoscaling: the y range includes it
         ax.axhline(level, ls="--", color=color, lw=1, label=label)
 
@@ -125,36 +133,40 @@ def curves(histories: list[tuple[str, list[dict], list[dict]]], bicubic: list[fl
 
     ``histories``: (label, PSNR curves, loss curves) per variant, a curve = {step: value};
     ``bicubic``: the bicubic PSNR (dB) of each variant, drawn on the PSNR axes."""
-    fig = Figure(figsize=(11, 4), layout="constrained")
+    fig = Figure(figsize=(WIDTH_IN, 4), layout="constrained")
     axes = fig.subplots(1, 2)
     colors = []
-    for label, *per_key in histories:
+    for i, (label, *per_key) in enumerate(histories):
         color = None
         for ax, runs in zip(axes, per_key):
             steps = sorted(set().union(*runs))
             if not steps:
                 continue
             values = np.array([[c.get(s, np.nan) for s in steps] for c in runs])
-            line, = ax.plot(steps, np.nanmean(values, axis=0), color=color, label=label)
+            # markers always: a curve of two evaluations must not pass for a measured line
+            line, = ax.plot(steps, np.nanmean(values, axis=0), color=color, label=label,
+                            marker=MARKERS[i % len(MARKERS)], markersize=5,
+                            markevery=max(1, len(steps) // DENSE))
             color = line.get_color()
             if len(runs) > 1:
                 ax.fill_between(steps, np.nanmin(values, axis=0), np.nanmax(values, axis=0),
                                 color=color, alpha=0.2)
         colors.append(color)
-    level = _one_level(bicubic)
+    level = one_level(bicubic)
     if level is not None:
-        _bicubic_line(axes[0], level)
+        bicubic_line(axes[0], level)
     else:  # one level per variant (e.g. different scales), in its colour
         for (label, *_), b, c in zip(histories, bicubic, colors):
-            _bicubic_line(axes[0], b, f"bicubic ({label})", c or "gray")
+            bicubic_line(axes[0], b, f"bicubic ({label})", c or "gray")
     n = [len(h[1]) for h in histories]
     note = ("single run (n=1) per variant" if max(n) < 2 else
             "line: mean over seeds, band: min..max" + ("; n=1: single run" if min(n) < 2 else ""))
     for ax, name in zip(axes, (f"{psnr_name} PSNR (dB)", "training loss")):
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))  # no 2.25
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-        ax.set_title(note, fontsize=FONT + 1)
+        ax.set_title(note, fontsize=FONT)
     axes[1].set_yscale("log")
     legend_below(fig, axes)
     return fig
@@ -198,60 +210,24 @@ def factor_plot(table: pd.DataFrame, factor: str, psnr: str, family: list[str],
     ax = fig.subplots()
     set_name = psnr.split("/")[0]
     bic = f"{set_name}/bicubic_psnr"
-    level = _one_level(table[bic])
+    level = one_level(table[bic])
     for label, rows in plotted:
         rows = rows.assign(_x=x[rows.index]).sort_values("_x")
         # repeated x values (variants told apart only by name): points, no line
         style = "o" if rows["_x"].duplicated().any() else "o-"
         line, = ax.plot(rows["_x"], rows[psnr], style, label=label or f"{set_name} PSNR")
-        _errorbars(ax, rows["_x"], rows[psnr], rows[f"{psnr}_ci"], rows["n"], line.get_color())
+        errorbars(ax, rows["_x"], rows[psnr], rows[f"{psnr}_ci"], rows["n"], line.get_color())
         if level is None:  # e.g. the scale is the factor: bicubic changes along x
             ax.plot(rows["_x"], rows[bic], "--", color=line.get_color(), lw=1,
                     label=f"bicubic ({label})" if label else "bicubic")
     if level is not None:
-        _bicubic_line(ax, level)
+        bicubic_line(ax, level)
     if all(float(v).is_integer() for v in x.dropna()):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(factor)
     ax.set_ylabel(f"{set_name} PSNR (dB)")
     ax.set_title(textwrap.fill(error_note(pd.concat([r["n"] for _, r in plotted])), 60),
-                 fontsize=FONT + 1)
+                 fontsize=FONT)
     ax.grid(alpha=0.3)
     legend_below(fig, [ax])
-    return fig
-
-
-def pareto(cost: np.ndarray, quality: np.ndarray) -> list[int]:
-    """Indices of the points no other point beats: lower-or-equal cost and higher-or-equal
-    quality, strictly better in one."""
-    out = []
-    for i in range(len(cost)):
-        if not any(cost[j] <= cost[i] and quality[j] >= quality[i]
-                   and (cost[j] < cost[i] or quality[j] > quality[i]) for j in range(len(cost))):
-            out.append(i)
-    return out
-
-
-def pareto_plot(table: pd.DataFrame, costs: list[str], psnr: str) -> Figure:
-    """PSNR against each cost column (params, GFLOPs, ms per frame), Pareto front marked."""
-    fig = Figure(figsize=(5 * len(costs), 4), layout="constrained")
-    axes = fig.subplots(1, len(costs), squeeze=False)[0]
-    set_name = psnr.split("/")[0]
-    for ax, c in zip(axes, costs):
-        t = table[table[c].notna()]
-        ax.plot(t[c], t[psnr], "o", color="tab:blue", label="variant")
-        _errorbars(ax, t[c], t[psnr], t[f"{psnr}_ci"], t["n"], "tab:blue")
-        f = t.iloc[pareto(t[c].to_numpy(), t[psnr].to_numpy())].sort_values(c)
-        ax.plot(f[c], f[psnr], "r--", marker="*", markersize=12, label="Pareto front")
-        level = _one_level(t[f"{set_name}/bicubic_psnr"])
-        if level is not None:
-            _bicubic_line(ax, level)
-        else:  # a level per variant: a dash at each variant's cost
-            ax.plot(t[c], t[f"{set_name}/bicubic_psnr"], "_", color="gray", markersize=14,
-                    label="bicubic")
-        ax.set_xlabel(c)
-        ax.set_ylabel(f"{set_name} PSNR (dB)")
-        ax.set_title(textwrap.fill(error_note(t["n"]), 50), fontsize=FONT + 1)
-        ax.grid(alpha=0.3)
-    legend_below(fig, axes)
     return fig

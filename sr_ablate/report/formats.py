@@ -1,80 +1,68 @@
-"""The result table as people read it: Markdown, LaTeX and the cells of both."""
+"""The report as text: its tables (``layout.Shown``) as Markdown and LaTeX, the Markdown
+document, the explanation under its tables, and the names of variants in sentences."""
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import pandas as pd
 
+from sr_ablate.report.layout import Shown
+from sr_ablate.report.table import ALPHA
+from sr_ablate.report.verdicts import RULE
 
-def display(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as people read it: ``mean ± ci``, Δ with sign and its interval over images,
-    the Holm p and the verdict mark (better / worse / no difference / cannot tell),
-    thousands separators; one column per quantity."""
-    sets = [c[:-len("/psnr")] for c in table.columns if c.endswith("/psnr")
-            and not c.endswith("bicubic_psnr")]
-    keys = [c for c in table.columns if "/" not in c and c not in
-            ("run_id", "n", "seed", "baseline", "wall_s", "val_rise")]
-    out = pd.DataFrame({k: table[k] for k in keys})
-    out["n"] = table["n"]
-    if table["baseline"].any():
-        out["baseline"] = table["baseline"].map(lambda b: "◆" if b else "")
-
-    def pm(v, ci, digits):
-        return "" if pd.isna(v) else f"{v:.{digits}f}" + ("" if pd.isna(ci) else
-                                                           f" ± {ci:.{digits}f}")
-    for s in sets:
-        out[f"{s}/psnr"] = [pm(v, c, 2) for v, c in zip(table[f"{s}/psnr"],
-                                                        table[f"{s}/psnr_ci"])]
-        out[f"{s}/ssim"] = [pm(v, c, 4) for v, c in zip(table[f"{s}/ssim"],
-                                                        table[f"{s}/ssim_ci"])]
-        out[f"{s}/bicubic_psnr"] = table[f"{s}/bicubic_psnr"].map(lambda v: f"{v:.2f}")
-        out[f"{s}/bicubic_ssim"] = table[f"{s}/bicubic_ssim"].map(lambda v: f"{v:.4f}")
-        out[f"{s}/Δpsnr_bicubic"] = table[f"{s}/dpsnr_bicubic"].map(
-            lambda v: "" if pd.isna(v) else f"{v:+.2f}" + (" below bicubic" if v < 0 else ""))
-        if f"{s}/dpsnr_baseline" in table:
-            # the interval over images belongs to the signed-rank shift, not to the mean
-            out[f"{s}/Δpsnr_baseline"] = [
-                "" if pd.isna(d) else f"{d:+.2f}" + ("" if pd.isna(sh) else f" (shift {sh:+.2f}"
-                                                     + ("" if pd.isna(lo) else
-                                                        f" [{lo:+.2f}, {hi:+.2f}]") + ")")
-                for d, sh, lo, hi in zip(table[f"{s}/dpsnr_baseline"],
-                                         table[f"{s}/dpsnr_shift"], table[f"{s}/dpsnr_lo"],
-                                         table[f"{s}/dpsnr_hi"])]
-            # the verdict, never a bare star: a small p under "cannot tell" is no finding
-            out[f"{s}/p_holm"] = [("" if pd.isna(h) else f"{h:.3g}")
-                                  for h in table[f"{s}/p_holm"]]
-            if f"{s}/verdict" in table:
-                out[f"{s}/verdict"] = table[f"{s}/verdict"].fillna("")
-    fmt = {"train/loss": "{:.4g}", "model/params": "{:,.0f}", "model/gflops": "{:.3g}",
-           "model/ms_per_frame": "{:.1f}", "model/s_per_30_frames": "{:.2f}", "wall_s": "{:.0f}"}
-    for c, f in fmt.items():
-        if c in table and table[c].notna().any():
-            out[c] = table[c].map(lambda v, f=f: "" if pd.isna(v) else f.format(v))
-    out["run_id"] = table["run_id"]
-    return out
+TEX_PREAMBLE = ("% Needs \\usepackage{booktabs} in the preamble (\\toprule, \\midrule, "
+                "\\bottomrule).")
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table of a ``display`` table."""
-    cols = list(table.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, row in table.iterrows():
-        lines.append("| " + " | ".join("" if pd.isna(row[c]) else str(row[c]) for c in cols)
-                     + " |")
+def to_markdown(shown: Shown) -> str:
+    """A GitHub-flavoured Markdown table: numbers right-aligned, bold cells in ``**``."""
+    cols = list(shown.frame.columns)
+
+    def cell(i: int, c: str) -> str:
+        text = str(shown.frame.iloc[i][c]).replace("|", "\\|")
+        return f"**{text}**" if (i, c) in shown.bold and text else text
+    lines = ["| " + " | ".join(cols) + " |",
+             "|" + "|".join("---" if c in shown.left else "--:" for c in cols) + "|"]
+    lines += ["| " + " | ".join(cell(i, c) for c in cols) + " |"
+              for i in range(len(shown.frame))]
     return "\n".join(lines) + "\n"
 
 
-def to_latex(table: pd.DataFrame) -> str:
-    """A ``tabular`` (booktabs) of a ``display`` table, ready for ``\\input``."""
-    def tex(v) -> str:
-        text = "" if pd.isna(v) else str(v)
-        for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"),
-                     ("#", r"\#"), ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("◆", r"$\bullet$")):
-            text = text.replace(a, b)
-        return text
-    cols = list(table.columns)
-    lines = [r"\begin{tabular}{" + "l" * len(cols) + "}", r"\toprule",
-             " & ".join(tex(c) for c in cols) + r" \\", r"\midrule"]
-    lines += [" & ".join(tex(row[c]) for c in cols) + r" \\" for _, row in table.iterrows()]
-    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
+TEX = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#",
+       "$": r"\$", "{": r"\{", "}": r"\}", "~": r"\~{}", "^": r"\^{}", "±": r"$\pm$",
+       "Δ": r"$\Delta$", "×": r"$\times$", "α": r"$\alpha$", "◆": r"$\diamond$"}
+
+
+def tex(text) -> str:
+    """Text escaped for LaTeX (one pass: an escape is never escaped again); ±, Δ, × and a
+    number's sign in math mode."""
+    text = "" if pd.isna(text) else str(text)
+    text = re.sub("|".join(map(re.escape, TEX)), lambda m: TEX[m.group()], text)
+    # a sign before a number, not a hyphen: +0.53, -0.32 (at the start or after a space)
+    return re.sub(r"(^|(?<= ))([+-])(?=\d)", r"$\2$", text)
+
+
+def _header(text: str) -> str:
+    return text if len(text) > 1 and text[0] == text[-1] == "$" else tex(text)
+
+
+def to_latex(shown: Shown, label: str) -> str:
+    """A ``table`` float in the form papers use: booktabs rules, text columns left and
+    numbers right-aligned, bold cells in ``\\textbf``, the caption under it. Only the columns
+    with a LaTeX header (``shown.tex``) are printed."""
+    cols = [c for c in shown.frame.columns if c in shown.tex]
+
+    def cell(i: int, c: str) -> str:
+        text = tex(shown.frame.iloc[i][c])
+        return f"\\textbf{{{text}}}" if (i, c) in shown.bold and text else text
+    spec = "".join("l" if c in shown.left else "r" for c in cols)
+    lines = ["\\begin{table}[t]", "\\centering", f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
+             " & ".join(_header(shown.tex[c]) for c in cols) + r" \\", "\\midrule"]
+    lines += [" & ".join(cell(i, c) for c in cols) + r" \\" for i in range(len(shown.frame))]
+    lines += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{tex(shown.caption)}}}",
+              f"\\label{{{re.sub(r'[^A-Za-z0-9:_.-]', '-', label)}}}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
 
 
 def variant_label(row, keys: list[str]) -> str:
@@ -82,3 +70,64 @@ def variant_label(row, keys: list[str]) -> str:
     if "variant" in keys and isinstance(row.get("variant"), str):
         return row["variant"]
     return " ".join(f"{k}={row[k]}" for k in keys if not pd.isna(row.get(k))) or "all runs"
+
+
+def how_to_read(compared: bool) -> list[str]:
+    """The explanation under the tables, one paragraph per point (``compared``: some table
+    has comparisons with a baseline)."""
+    out = [
+        "**n**: the runs pooled into a variant, one per seed (runs that differ only in "
+        "`seed` are repeats). **psnr / ssim**: mean ± 95% confidence interval (t) over those "
+        "runs of each run's mean over the set's images; PSNR in dB.",
+        "**dpsnr_bicubic**: the variant's PSNR minus bicubic interpolation's on the same "
+        "images; *below bicubic* means the model has not yet learned super-resolution. What "
+        "is the same in every row (the set's bicubic PSNR/SSIM, a cost every variant shares) "
+        "is said once above its table. **wall_s**: seconds from a run's start to its end on "
+        "the machine that ran it, comparable only between runs on one otherwise idle machine "
+        "(python -m sr_ablate bench measures speed). results.csv keeps every column, derived "
+        "ones too (model/s_per_30_frames = 30 × model/ms_per_frame).",
+    ]
+    if compared:
+        out += [
+            "**dpsnr_baseline**: the mean difference from the baseline over the images and "
+            "runs the comparison uses. Each verdict line under a table adds the signed-rank "
+            "shift (Hodges–Lehmann) and two 95% intervals: over images (exact signed-rank "
+            "interval of the shift of the seed-averaged per-image PSNR) and over runs "
+            "(t-interval of the difference of per-seed set means: paired over shared seeds, "
+            "else Welch).",
+            "**verdict**: a design is called better or worse only when both tests reject (p "
+            "of the claim = the larger p), Holm-corrected over every comparison of its table, "
+            f"at α={ALPHA}; with one seed on a side only the images are tested and the verdict "
+            "speaks of the trained models (1 seed). Verdicts withhold a conclusion (cannot "
+            f"tell) for a model below bicubic, one not converged or unstable ({RULE}), or a "
+            "comparison that could not reach α in its family (underpowered).",
+            "**Bold**: a column's best mean, only where the verdicts show that variant beats "
+            "every other one (better than the baseline while every other variant is worse "
+            "than the baseline, or the baseline when every variant is worse, at this budget "
+            "included); never for the highest number alone. SSIM has no verdict and is never "
+            "bold.",
+        ]
+    return out
+
+
+def markdown(name: str, intro: str, missing: list[str], sections: list[dict],
+             how: list[str]) -> str:
+    """results.md: the title, what is missing, per section its lead, tables (each with what
+    is the same in every row above it), verdict lines, notes and plots; then how to read."""
+    md = [f"# {name}\n"] + ([intro + "\n"] if intro else [])
+    if missing:
+        md += ["Missing (asked for by the sweep, no finished run):\n",
+               *[f"- {m}" for m in missing], ""]
+    for sec in sections:
+        md.append(f"## {sec['title']}\n")
+        md += [sec["text"] + "\n"] if sec["text"] else []
+        for t in sec.get("tables", []):
+            md.append(f"### {t.title}\n")
+            md += [t.note + "\n"] if t.note else []
+            md.append(to_markdown(t))
+        if sec["lines"]:
+            md += ["### Verdicts\n", *[f"- {line}" for line in sec["lines"]], ""]
+        md += [sec["notes"] + "\n"] if sec.get("notes") else []
+        md += [f"![{Path(p).stem}]({p})\n" for p in sec["images"]]
+    md += ["## How to read these tables\n", *[p + "\n" for p in how]]
+    return "\n".join(md)

@@ -1,26 +1,23 @@
-"""The report's figures (PNG: charts by ``report.figures``, crop grid here) and ``index.html``.
+"""The report's figures (PNG: drawn by ``report.figures``, ``.pareto``, ``.crops``) and
+``index.html``.
 
 Figures per table: validation PSNR and training loss against step (mean line over seeds,
 band = min..max), PSNR against each numeric factor (e.g. block count) one line per model
 family, PSNR against parameters / GFLOPs / ms per frame with the Pareto front marked (all
-with the bicubic level dashed and 95% CI error bars where n >= 2), and a grid of the same
-zoomed crop: HR, bicubic, then every variant's output.
+with the bicubic level dashed and 95% CI error bars where n >= 2), and a strip of the same
+zoomed crop: HR, bicubic, then every variant's output, each with its PSNR.
 """
 from __future__ import annotations
 
 import base64
 import html
-import math
-import string
-import textwrap
+import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 
-from sr_ablate.report import artifacts
+from sr_ablate.report import artifacts, crops, pareto
 from sr_ablate.report import figures as rp
 from sr_ablate.report.source import Source
 from sr_ablate.report.table import factors
@@ -63,10 +60,10 @@ def draw(source: Source, group: pd.DataFrame, table: pd.DataFrame) -> dict[str, 
     costs = [c for c in ("model/params", "model/gflops", "model/ms_per_frame")
              if c in table and table[c].notna().any()]
     if costs:
-        out["pareto"] = rp.pareto_plot(table, costs, psnr)
-    tiles = crop_tiles(source, runs, labels)
+        out["pareto"] = pareto.plot(table, costs, psnr, labels)
+    tiles, caption = crops.tiles(source, runs, labels)
     if tiles:
-        out["crops"] = crop_grid(tiles)
+        out["crops"] = crops.strip(tiles, caption)
     return out
 
 
@@ -84,80 +81,77 @@ def figures(source: Source, group: pd.DataFrame, table: pd.DataFrame, out_dir: P
     return written
 
 
-def crop_tiles(source: Source, runs: list[pd.DataFrame], labels: list[str]
-               ) -> list[tuple[str, np.ndarray]]:
-    """HR, bicubic, then each variant's SR tile of the same centre crop, from each variant's
-    first run's ``comparison.png`` (bicubic | SR | HR); HR and bicubic from the first colour
-    one, so that a gray (older Y-model) image does not make them gray."""
-    found = artifacts.comparisons(source, runs, labels)
-    if not found:
-        return []
-    ref = next((img for _, img in found if img.ndim == 3), found[0][1])
-    w = ref.shape[1] // 3
-    tiles = [("HR", ref[:, 2 * w:]), ("bicubic", ref[:, :w])]
-    return tiles + [(label, img[:, img.shape[1] // 3: 2 * (img.shape[1] // 3)])
-                    for label, img in found]
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:80em}
+table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.2em}
+th,td{border:1px solid #ccc;padding:3px 8px;white-space:nowrap;text-align:right}
+th{background:#f0f0f0;font-weight:600}td.l,th.l{text-align:left}
+td.ids{white-space:normal;font-family:monospace;font-size:12px;max-width:24em}
+h3{margin:1.4em 0 .2em;font-size:1.05em}p.set{margin:.2em 0;color:#555}
+img{max-width:100%;display:block;margin:1em 0}p,li{max-width:60em;line-height:1.4}
+ul.verdicts li{margin:.3em 0}code{font-size:.95em}
+.how{border-top:1px solid #ccc;margin-top:2em;color:#333}"""
 
 
-def crop_grid(tiles: list[tuple[str, np.ndarray]], tile_in: float = 2.2,
-              max_lines: int = 3) -> Figure:
-    """The same crop side by side (uint8 (h, w) or (h, w, 3) each), zoomed without
-    smoothing; titles wrapped to their tile's width, or, when that takes more than
-    ``max_lines`` lines, letters A, B... with a key below the tiles."""
-    fig = Figure(figsize=(tile_in * len(tiles), tile_in + 0.6), layout="constrained")
-    axes = fig.subplots(1, len(tiles), squeeze=False)[0]
-    for ax, (_, tile) in zip(axes, tiles):
-        ax.imshow(tile, cmap="gray" if tile.ndim == 2 else None, interpolation="nearest",
-                  vmin=0, vmax=255)
-        ax.axis("off")
-    # a first guess from the average glyph width, narrowed until every title fits its tile
-    width = math.floor(tile_in * 72 / (0.55 * rp.FONT))
-    while width >= 8:
-        titles = [textwrap.fill(label, width) for label, _ in tiles]
-        if max(t.count("\n") + 1 for t in titles) > max_lines:
-            break
-        for ax, t in zip(axes, titles):
-            ax.set_title(t, fontsize=rp.FONT)
-        fig.draw_without_rendering()
-        if all(ax.title.get_window_extent().width <= ax.get_window_extent().width
-               for ax in axes):
-            return fig
-        width -= 4
-    keys = iter(string.ascii_uppercase + string.ascii_lowercase)
-    key = {label: (label if label in ("HR", "bicubic") else next(keys, "?"))
-           for label, _ in tiles}
-    for ax, (label, _) in zip(axes, tiles):
-        ax.set_title(key[label], fontsize=rp.FONT)
-    # a legend without handles is the key's caption
-    rp.legend_below(fig, [], {f"{k}: {textwrap.fill(label, 80)}": Patch(visible=False)
-                              for label, k in key.items() if k != label},
-                    handlelength=0, handletextpad=0)
-    return fig
+def table(shown) -> str:
+    """A ``layout.Shown`` as an HTML table: text columns left, numbers right, bold cells."""
+    esc = html.escape
+    left = [c in shown.left for c in shown.frame.columns]
+
+    def cls(c: str, is_left: bool) -> str:
+        names = (["l"] if is_left else []) + (["ids"] if c == "run_id" else [])
+        return f" class='{' '.join(names)}'" if names else ""
+    head = "".join(f"<th{cls(c, lf)}>{esc(str(c))}</th>"
+                   for c, lf in zip(shown.frame.columns, left))
+    rows = []
+    for i in range(len(shown.frame)):
+        cells = []
+        for c, lf in zip(shown.frame.columns, left):
+            text = esc(str(shown.frame.iloc[i][c]))
+            cells.append(f"<td{cls(c, lf)}>" + (f"<b>{text}</b>" if (i, c) in shown.bold
+                                               else text) + "</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;font-size:13px;margin:1em 0}
-th,td{border:1px solid #ccc;padding:3px 7px;text-align:right;white-space:nowrap}
-th{background:#f0f0f0}img{max-width:100%;display:block;margin:1em 0}
-p.note{max-width:60em}"""
+def _md(text: str) -> str:
+    """Escaped text with the Markdown emphasis the report's own prose uses (**, *, `)."""
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    text = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", text)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
 
 
-def page(name: str, intro: str, sections: list[dict], out_dir: Path) -> str:
-    """A self-contained HTML page: tables inline, plots embedded as data URIs."""
+def page(name: str, intro: str, sections: list[dict], out_dir: Path,
+         missing: list[str] = (), how: list[str] = ()) -> str:
+    """A self-contained HTML page, as results.md reads: the variants a sweep asked for that
+    did not finish, per section its lead, tables (``layout.Shown``; a hand-made section's
+    ``table``: a DataFrame), verdicts, notes and plots (embedded as data URIs); then ``how``,
+    the explanation of the tables. Fits a 1400-pixel-wide window without scrolling sideways."""
     esc = html.escape
     parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(name)}</title>"
               f"<style>{STYLE}</style></head><body><h1>{esc(name)}</h1>")]
     if intro:
-        parts.append(f"<p class='note'>{esc(intro)}</p>")
+        parts.append(f"<p>{esc(intro)}</p>")
+    if missing:
+        parts.append("<p>Missing (asked for by the sweep, no finished run):</p><ul>" + "".join(
+            f"<li>{esc(m)}</li>" for m in missing) + "</ul>")
     for sec in sections:
-        parts.append(f"<h2>{esc(sec['title'])}</h2><p class='note'>{esc(sec['text'])}</p>")
-        if sec["table"] is not None:
-            parts.append("<div style='overflow-x:auto'>" + sec["table"].to_html(
-                index=False, escape=True, na_rep="") + "</div>")
+        parts.append(f"<h2>{esc(sec['title'])}</h2>" + (f"<p>{esc(sec['text'])}</p>"
+                                                        if sec["text"] else ""))
+        if sec.get("table") is not None:
+            parts.append(sec["table"].to_html(index=False, escape=True, na_rep=""))
+        for t in sec.get("tables", []):
+            parts.append(f"<h3>{esc(t.title)}</h3>"
+                         + (f"<p class='set'>{esc(t.note)}</p>" if t.note else "") + table(t))
         if sec.get("lines"):  # the verdicts: one per comparison with the baseline
-            parts.append("<ul class='verdicts'>" + "".join(
+            parts.append("<h3>Verdicts</h3><ul class='verdicts'>" + "".join(
                 f"<li>{esc(line)}</li>" for line in sec["lines"]) + "</ul>")
+        if sec.get("notes"):
+            parts.append(f"<p>{esc(sec['notes'])}</p>")
         for rel in sec["images"]:
             data = base64.b64encode((out_dir / rel).read_bytes()).decode()
             parts.append(f"<img alt='{esc(Path(rel).stem)}' src='data:image/png;base64,{data}'>")
+    if how:
+        parts.append("<div class='how'><h2>How to read these tables</h2>"
+                     + "".join(f"<p>{_md(p)}</p>" for p in how) + "</div>")
     return "\n".join(parts + ["</body></html>"])

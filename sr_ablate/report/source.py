@@ -131,7 +131,11 @@ class ExportSource(Source):
             rows[r["run_id"]][r["key"]] = float(r["value"])
         for r in self._records("tags.csv"):
             rows[r["run_id"]][f"tag:{r['key']}"] = r["value"]
-        return pd.DataFrame(list(rows.values()), columns=self.manifest["columns"])
+        frame = pd.DataFrame(list(rows.values()), columns=self.manifest["columns"])
+        # a sweep's pointer to a run it reused is no run of its own (tracking.runs_frame
+        # leaves it out of the store's table): never counted twice, whoever wrote the export
+        pointer = f"tag:{tracking.REUSED_FROM}"
+        return frame[frame[pointer].isna()] if pointer in frame else frame
 
     def sweep_definition(self, sweep_id: str) -> str | None:
         return self._definitions.get(sweep_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import yaml
 
 from sr_ablate.config.hashing import NOT_FACTORS, REPEATS
 from sr_ablate.report.compare import COLUMNS, compare, family, per_seed
@@ -32,14 +33,36 @@ def _number(value):
     return int(f) if f.is_integer() and "." not in str(value) and "e" not in str(value) else f
 
 
-def factors(runs: pd.DataFrame) -> list[str]:
-    """Swept parameters: params whose value differs between runs; keys the runs' command
-    lines overrode come first, in the order typed."""
+def same(a, b) -> bool:
+    """Whether two values of a param are the same value: MLflow's string, a sweep's typed
+    value or a YAML value (``'1e3'`` and ``'1000.0'``, ``'false'`` and ``False``, ``'[9,5,5]'``
+    and ``[9, 5, 5]``). A missing value (None, NaN) is never the same as any."""
+    def value(v):
+        if isinstance(v, str):
+            v = _number(v)
+        if isinstance(v, str):
+            try:
+                v = yaml.safe_load(v)
+            except yaml.YAMLError:
+                pass
+        return v
+    if a is None or b is None or (isinstance(a, float) and math.isnan(a)) or (
+            isinstance(b, float) and math.isnan(b)):
+        return False
+    va, vb = value(a), value(b)
+    return va == vb or str(va) == str(vb)
+
+
+def factors(runs: pd.DataFrame, swept=()) -> list[str]:
+    """Swept parameters: params whose value differs between runs, and the keys ``swept``
+    (those a sweep asked to vary: columns even when one value finished); keys the runs'
+    command lines overrode come first, in the order typed."""
     meta = {"run_id", "status", "experiment", "start_time", "end_time"}
     varying = [c for c in runs.columns
                if c not in meta and "/" not in c and not c.startswith("tag:")
                and c not in NOT_FACTORS and c not in REPEATS
-               and runs[c].astype(str).nunique(dropna=False) > 1]
+               and (runs[c].astype(str).nunique(dropna=False) > 1
+                    or (c in swept and runs[c].notna().any()))]
     typed: list[str] = []
     for text in runs.get("tag:overrides", pd.Series(dtype=str)).fillna(""):
         for item in text.split():
@@ -102,8 +125,8 @@ def families(runs: pd.DataFrame) -> list[pd.DataFrame]:
 
 def results_table(runs: pd.DataFrame, baseline: dict | None = None,
                   per_image: dict[str, pd.DataFrame] | None = None,
-                  rises: dict[str, float] | None = None, effect: float | None = None
-                  ) -> pd.DataFrame:
+                  rises: dict[str, float] | None = None, effect: float | None = None,
+                  swept=()) -> pd.DataFrame:
     """One row per variant of the FINISHED runs: ``run_id`` (short ids), the factors, ``n``,
     ``seed`` (the pooled seeds), per set ``<set>/psnr`` (mean over seeds), ``<set>/psnr_ci``
     (95% half width over seeds), the same for SSIM, bicubic means, ``<set>/dpsnr_bicubic``;
@@ -115,9 +138,10 @@ def results_table(runs: pd.DataFrame, baseline: dict | None = None,
     ``p_images``, ``p_runs``, the claim's ``p_baseline``, seed spreads and image counts),
     ``<set>/p_holm`` (Holm over every variant x set of the table), ``<set>/p_reachable`` and
     ``<set>/seeds_needed`` (``effect``: the dB it is for, default the observed Δ); then the
-    cost columns."""
+    cost columns. ``swept``: keys that are factors (columns) even when they do not vary
+    here, e.g. the swept key of a sweep of which one variant finished."""
     done = runs[runs["status"] == "FINISHED"].dropna(axis=1, how="all")
-    keys, sets = factors(done), eval_sets(done)
+    keys, sets = factors(done, swept), eval_sets(done)
     groups = list(done.groupby(keys, sort=False, dropna=False)) if keys else [((), done)]
     rows, members = [], []
     for key, g in groups:
@@ -144,15 +168,19 @@ def results_table(runs: pd.DataFrame, baseline: dict | None = None,
     table = pd.DataFrame(rows)
     base = _find(table, baseline) if baseline else None
     if base is not None:
-        _compare_all(table, members, base, sets, per_image, effect)
+        # added at once: one column at a time leaves pandas a fragmented frame
+        table = pd.concat([table, pd.DataFrame(
+            _compare_all(table, members, base, sets, per_image, effect), index=table.index)],
+            axis=1)
     table["baseline"] = [i == base for i in range(len(table))]
     return _sort(table, keys)
 
 
 def _compare_all(table: pd.DataFrame, members: list[pd.DataFrame], base: int, sets: list[str],
-                 per_image: dict | None, effect: float | None) -> None:
-    """Fill the comparison columns (``compare.COLUMNS``) of every variant x set with the
-    baseline (row ``base``): one family, as ``compare.family`` judges it."""
+                 per_image: dict | None, effect: float | None) -> dict[str, list]:
+    """The comparison columns (``compare.COLUMNS``) of every variant x set with the
+    baseline (row ``base``), {column: a value per row}: one family, as ``compare.family``
+    judges it."""
     where, found = [], []
     for s in sets:
         b_runs = members[base]
@@ -168,15 +196,13 @@ def _compare_all(table: pd.DataFrame, members: list[pd.DataFrame], base: int, se
     for (i, s), values in zip(where, family(found, ALPHA, effect)):
         for c, v in values.items():
             cols[f"{s}/{c}"][i] = v
-    for col, values in cols.items():
-        table[col] = values
+    return cols
 
 
 def _find(table: pd.DataFrame, baseline: dict) -> int | None:
     """Row index of the baseline variant: every {key: value} of ``baseline`` matches."""
     for i, row in table.iterrows():
-        if all(k in table.columns and str(row[k]) == str(_number(v)) for k, v in
-               baseline.items()):
+        if all(k in table.columns and same(row[k], v) for k, v in baseline.items()):
             return i
     return None
 

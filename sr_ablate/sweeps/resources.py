@@ -99,8 +99,9 @@ def claim_device(pool: str | Path, n_devices: int, start: int = 0,
 
 def record(outcome: str, job: str, message: str = "", *, num: int = 0,
            overrides: list[str] | None = None, run_id: str = "",
-           metrics: dict[str, float] | None = None) -> None:
-    """Note a job's outcome (``ran`` | ``skipped`` | ``failed``) for the launching process,
+           metrics: dict[str, float] | None = None, checkpoint: bool = False) -> None:
+    """Note a job's outcome (``ran`` | ``skipped`` | ``failed`` | ``interrupted``: Ctrl-C or
+    SIGTERM; ``checkpoint``: it left one to resume from) for the launching process,
     with what its end-of-sweep table shows: Hydra's job number, the job's overrides, its
     MLflow run (the reused one when skipped) and that run's final metrics."""
     folder = os.environ.get(OUTCOMES_ENV)
@@ -110,7 +111,7 @@ def record(outcome: str, job: str, message: str = "", *, num: int = 0,
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"outcome": outcome, "job": job, "message": message, "num": num,
                                "overrides": overrides or [], "run_id": run_id,
-                               "metrics": metrics or {}}))
+                               "metrics": metrics or {}, "checkpoint": checkpoint}))
     os.replace(tmp, path)  # the reader never sees half a file
 
 
@@ -121,13 +122,25 @@ def outcomes(folder: str | Path) -> list[dict]:
     return sorted(found, key=lambda r: r.get("num", 0))
 
 
-def summary(results: list[dict]) -> str:
-    """One line: how many jobs ran, were skipped (and how to force them) or failed."""
-    count = {k: sum(r["outcome"] == k for r in results) for k in ("ran", "skipped", "failed")}
+def summary(results: list[dict], jobs: int = 0) -> str:
+    """One line: how many of the sweep's ``jobs`` jobs (0: as many as ``results``) ran, were
+    skipped (and how to force them), failed, were interrupted, or never started (the sweep
+    was stopped before them)."""
+    kinds = ("ran", "skipped", "failed", "interrupted")
+    count = {k: sum(r["outcome"] == k for r in results) for k in kinds}
     parts = [f"{count['ran']} ran"]
     if count["skipped"]:
         parts.append(f"{count['skipped']} skipped (a FINISHED run with the same config hash "
                      "exists; sweep.force=true runs them again)")
     if count["failed"]:
         parts.append(f"{count['failed']} failed (the error line(s) above say why)")
-    return f"sr_ablate: {len(results)} job(s): " + ", ".join(parts)
+    if count["interrupted"]:
+        kept = sum(r["outcome"] == "interrupted" and bool(r.get("checkpoint"))
+                   for r in results)
+        parts.append(f"{count['interrupted']} interrupted" + (
+            " (checkpoint saved)" if kept == count["interrupted"] else
+            f" ({kept} with a checkpoint)" if kept else " (before their first checkpoint)"))
+    total = max(jobs, len(results))
+    if total > len(results):
+        parts.append(f"{total - len(results)} not started")
+    return f"sr_ablate: {total} job(s): " + ", ".join(parts)

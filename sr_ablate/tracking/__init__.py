@@ -15,6 +15,8 @@ from sr_ablate.tracking.queries import (
 from sr_ablate.tracking.runs import (
                                         FAILED_TAG,
                                         PARENT_ENV,
+                                        RESUME_TAG,
+                                        REUSED_FROM,
                                         REUSED_TAG,
                                         SWEEP_ENV,
                                         RunLog,
@@ -22,6 +24,7 @@ from sr_ablate.tracking.runs import (
                                         end_if_running,
                                         end_parent,
                                         find_parent,
+                                        link_reused,
                                         record_failed,
                                         record_reused,
                                         run,
@@ -30,10 +33,10 @@ from sr_ablate.tracking.runs import (
 )
 from sr_ablate.tracking.store import client_for, experiment_id, git_commit, reachable, store_uri
 
-__all__ = ["ALIAS", "FAILED_TAG", "PARENT_ENV", "REUSED_TAG", "SWEEP_ENV", "RunLog", "annotate",
-           "client_for", "end_if_running", "end_parent",
+__all__ = ["ALIAS", "FAILED_TAG", "PARENT_ENV", "RESUME_TAG", "REUSED_FROM", "REUSED_TAG",
+           "SWEEP_ENV", "RunLog", "annotate", "client_for", "end_if_running", "end_parent",
            "experiment_id", "fetch_artifact", "find_parent", "finished_run", "git_commit",
-           "load_trained", "log_model",
+           "link_reused", "load_trained", "log_model",
            "metric_history", "reachable", "record_failed", "record_reused", "register", "run",
            "run_metrics", "runs_frame", "start_parent", "store_uri", "sweep_definition",
            "sweep_parent"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sr_ablate.tracking.runs import REUSED_FROM
 from sr_ablate.tracking.store import MlflowException, client_for
 
 
@@ -15,18 +16,21 @@ def run_metrics(uri: str, run_id: str) -> dict[str, float]:
 
 
 def finished_run(uri: str, experiment: str, config_hash: str) -> str | None:
-    """Id of a FINISHED run of ``experiment`` whose config hash is ``config_hash``, if any."""
+    """Id of a FINISHED run of ``experiment`` whose config hash is ``config_hash``, if any
+    (a run that trained it, never a sweep's pointer to one: ``runs.link_reused``)."""
     client = client_for(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = client.search_runs([exp.experiment_id], max_results=1, filter_string=(
+    runs = client.search_runs([exp.experiment_id], max_results=10, filter_string=(
         f"tags.`sr_ablate.config_hash` = '{config_hash}' and attributes.status = 'FINISHED'"))
-    return runs[0].info.run_id if runs else None
+    return next((r.info.run_id for r in runs if REUSED_FROM not in r.data.tags), None)
 
 
 def runs_frame(uri: str, experiment: str | None = None, parents: bool = False):
     """All child/single runs (not sweep parents) as a pandas DataFrame, one row per run.
+    A sweep's pointer to a run it reused (tag ``sr_ablate.reused_from``) is no run of its
+    own and is left out: each trained configuration is one row, wherever it is shown.
 
     Columns: ``run_id``, ``status``, ``experiment``, params under their own names
     (``model.blocks``), latest metrics under theirs (``val/psnr``), and tags prefixed ``tag:``.
@@ -41,7 +45,8 @@ def runs_frame(uri: str, experiment: str | None = None, parents: bool = False):
     rows = []
     for e in exps:
         for r in client.search_runs([e.experiment_id], max_results=50000):
-            if r.data.tags.get("sr_ablate.role") == "sweep" and not parents:
+            if r.data.tags.get("sr_ablate.role") == "sweep" and not parents or (
+                    REUSED_FROM in r.data.tags):
                 continue
             row = {"run_id": r.info.run_id, "status": r.info.status, "experiment": e.name,
                    "start_time": r.info.start_time, "end_time": r.info.end_time}

@@ -1,5 +1,5 @@
-"""MLflow runs as they open and end: a run's logging handle, sweep parent runs, and the
-tags a sweep leaves on its parent (reused runs, failed jobs)."""
+"""MLflow runs as they open and end: a run's logging handle, sweep parent runs, the tags a
+sweep leaves on its parent (reused runs, failed jobs) and the pointer runs it shows them by."""
 from __future__ import annotations
 
 import json
@@ -29,6 +29,7 @@ from sr_ablate.tracking.store import (
 
 PARENT_ENV = "SR_ABLATE_PARENT_RUN_ID"
 SWEEP_ENV = "SR_ABLATE_SWEEP_ID"
+RESUME_TAG = "sr_ablate.resume_command"  # on a KILLED run: the command that continues it
 
 
 class RunLog:
@@ -103,10 +104,11 @@ def run(uri: str, experiment: str, *, params: dict, tags: dict, name: str | None
     client = client_for(uri)
     if resume_run_id:
         try:
-            held = client.get_run(resume_run_id).info.experiment_id
+            held_run = client.get_run(resume_run_id)
         except MlflowException:
             raise UserError(f"the checkpoint belongs to MLflow run {resume_run_id}, which is "
                             f"not in {uri}; use the same tracking.uri or resume=false") from None
+        held = held_run.info.experiment_id
         if held != experiment_id(uri, experiment):
             held_name = client.get_experiment(held).name
             raise UserError(f"the checkpoint belongs to MLflow run {resume_run_id} of experiment "
@@ -114,6 +116,8 @@ def run(uri: str, experiment: str, *, params: dict, tags: dict, name: str | None
                             f"tracking.experiment={held_name} or resume=false")
         client.update_run(resume_run_id, status="RUNNING")
         client.set_tag(resume_run_id, "sr_ablate.resumed", "true")
+        if RESUME_TAG in held_run.data.tags:  # being done: no longer a thing to do
+            client.delete_tag(resume_run_id, RESUME_TAG)
         if os.environ.get(PARENT_ENV):  # resumed by a new launch of its sweep: it belongs there
             client.set_tag(resume_run_id, MLFLOW_PARENT_RUN_ID, os.environ[PARENT_ENV])
             client.set_tag(resume_run_id, "sr_ablate.sweep_id", os.environ[SWEEP_ENV])
@@ -225,6 +229,52 @@ def record_reused(uri: str, parent_run_id: str, run_ids: list[str]) -> None:
     ids = list(dict.fromkeys(run_ids))
     if ids:
         client_for(uri).set_tag(parent_run_id, REUSED_TAG, " ".join(ids))
+
+
+REUSED_FROM = "sr_ablate.reused_from"
+NOTE = "mlflow.note.content"  # the UI's "Description" of a run
+
+
+def link_reused(uri: str, run_id: str) -> str | None:
+    """Show FINISHED run ``run_id``, which a sweep reused instead of running its
+    configuration again, under the sweep's parent run; returns the pointer run's id (None
+    outside a sweep).
+
+    ``mlflow ui`` nests runs by the ``mlflow.parentRunId`` tag, and a run has one parent: the
+    reused run stays under the sweep that made it. So a small FINISHED child run stands for
+    it here, named ``<its name> (reused)``, tagged ``sr_ablate.reused_from=<run_id>``, with
+    its params and final metrics (the sweep's columns in the UI) and a description that links
+    it. It holds no config hash, artifacts or curves: a skip check never finds it, and
+    ``runs_frame`` leaves it out, so that nothing counts a configuration twice."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return None
+    client = client_for(uri)
+    original = client.get_run(run_id)
+    name = original.data.tags.get(MLFLOW_RUN_NAME) or original.info.run_name or run_id[:8]
+    sweep = original.data.tags.get("sr_ablate.sweep_id")
+    note = (f"Reused, not run again: this configuration already had the FINISHED run "
+            f"[{name}](#/experiments/{original.info.experiment_id}/runs/{run_id}) "
+            f"(`{run_id}`{f', sweep {sweep}' if sweep else ''}) with the same config hash. "
+            "Its params and final metrics are copied here; its curves, artifacts and model "
+            "are in that run.")
+    tags = {MLFLOW_PARENT_RUN_ID: parent, REUSED_FROM: run_id, NOTE: note,
+            "sr_ablate.sweep_id": os.environ.get(SWEEP_ENV, ""),
+            MLFLOW_RUN_NAME: f"{name} (reused)"}
+    if "overrides" in original.data.tags:
+        tags["overrides"] = original.data.tags["overrides"]
+    r = client.create_run(original.info.experiment_id, tags=tags, run_name=f"{name} (reused)")
+    now = int(time.time() * 1000)
+    params = [Param(k, v) for k, v in original.data.params.items()]
+    metrics = [Metric(k, v, now, 0) for k, v in original.data.metrics.items()]
+    try:
+        for i in range(0, len(params), 100):  # log_batch: at most 100 params, 1000 metrics
+            client.log_batch(r.info.run_id, params=params[i:i + 100])
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(r.info.run_id, metrics=metrics[i:i + 1000])
+    finally:  # never left RUNNING: a half-copied pointer still points
+        client.set_terminated(r.info.run_id, "FINISHED")
+    return r.info.run_id
 
 
 FAILED_TAG = "sr_ablate.failed_jobs"

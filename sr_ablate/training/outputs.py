@@ -4,6 +4,7 @@ metrics, a bicubic | SR | HR comparison crop, the final weights; and the model's
 from __future__ import annotations
 
 import csv
+import math
 import tempfile
 from pathlib import Path
 
@@ -13,10 +14,27 @@ from PIL import Image
 
 from sr_ablate.core import complexity
 from sr_ablate.core.degrade import bicubic_up, crop_multiple, to_uint8
-from sr_ablate.core.evaluate import Evaluator, colorize_y, model_channels, model_input
+from sr_ablate.core.evaluate import (
+    Evaluator,
+    bicubic_metric,
+    colorize_y,
+    model_channels,
+    model_input,
+    reference,
+    to_metric,
+)
+from sr_ablate.core.metrics import psnr, shave
 from sr_ablate.inference.trained import Trained
 from sr_ablate.tracking import log_model
 from sr_ablate.training import checkpoint
+
+
+def crop_box(ev: Evaluator, crop: int = 96) -> tuple[int, int, int, int]:
+    """(x, y, w, h) in HR pixels of the centre crop of the set's first image that the
+    comparison image shows: ``crop`` pixels square, less when the image is smaller."""
+    h, w = ev.images[0][1].shape[-2:]
+    c = min(crop, h, w)
+    return (w - c) // 2, (h - c) // 2, c, c
 
 
 def comparison_image(ev: Evaluator, crop: int = 96) -> torch.Tensor:
@@ -34,11 +52,26 @@ def comparison_image(ev: Evaluator, crop: int = 96) -> torch.Tensor:
     else:
         lq = ev.inputs(c_model)[0][0]  # the LR the model saw, computed once by the evaluator
         bic = to_uint8(bicubic_up(lq, ev.scale))
-    h, w = gt.shape[-2:]
-    c = min(crop, h, w)
-    y, x = (h - c) // 2, (w - c) // 2
-    tiles = [to_uint8(t[:, y:y + c, x:x + c]).to(torch.uint8) for t in (bic, sr, gt)]
+    x, y, w, h = crop_box(ev, crop)
+    tiles = [to_uint8(t[:, y:y + h, x:x + w]).to(torch.uint8) for t in (bic, sr, gt)]
     return torch.cat(tiles, dim=-1)
+
+
+def crop_scores(ev: Evaluator, crop: int = 96) -> tuple[dict[str, float], dict[str, str]]:
+    """PSNR (dB) of the comparison crop of the SR output and of bicubic, scored as the
+    evaluation scores whole images (the protocol's metric space, e.g. Y; ``ceil(scale)``
+    pixels shaved from the crop's edges): metrics ``<set>/crop_psnr`` and
+    ``<set>/crop_bicubic_psnr``; and tags naming the crop: ``comparison.image`` (the
+    image's name in the set) and ``comparison.box`` (``x,y,w,h`` in HR pixels)."""
+    (name, hr), out = ev.images[0], ev.last_outputs[0]
+    x, y, w, h = box = crop_box(ev, crop)
+    b, ref = math.ceil(ev.scale), reference(hr, ev.protocol)
+
+    def score(img: torch.Tensor) -> float:
+        return psnr(shave(img[:, y:y + h, x:x + w], b), shave(ref[:, y:y + h, x:x + w], b))
+    metrics = {f"{ev.prefix}/crop_psnr": score(to_metric(out, hr, ev.protocol)),
+               f"{ev.prefix}/crop_bicubic_psnr": score(bicubic_metric(hr, ev.scale, ev.protocol))}
+    return metrics, {"comparison.image": name, "comparison.box": ",".join(map(str, box))}
 
 
 def save_png(img: torch.Tensor, path: Path) -> None:
@@ -47,7 +80,8 @@ def save_png(img: torch.Tensor, path: Path) -> None:
 
 
 def log_outputs(log, cfg: DictConfig, model, evaluators: list[Evaluator], steps: int) -> None:
-    """Artifacts: resolved config, per-image metrics, comparison image, and (unless
+    """Artifacts: resolved config, per-image metrics, comparison image (with the PSNR of its
+    crops and tags naming it, ``crop_scores``), and (unless
     ``tracking.checkpoint=false``) the final weights, as ``checkpoints/final.pt`` and as the
     MLflow Model ``model``."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,6 +93,9 @@ def log_outputs(log, cfg: DictConfig, model, evaluators: list[Evaluator], steps:
             for ev in evaluators:
                 writer.writerows({"set": ev.prefix, **row} for row in ev.per_image)
         save_png(comparison_image(evaluators[0]), tmp / "comparison.png")
+        scores, names = crop_scores(evaluators[0])
+        log.set_tags(names)
+        log.log_metrics(steps, scores)
         for name in ("config.yaml", "per_image.csv", "comparison.png"):
             log.log_artifact(tmp / name)
         if cfg.tracking.checkpoint:
@@ -70,13 +107,24 @@ def log_outputs(log, cfg: DictConfig, model, evaluators: list[Evaluator], steps:
 
 
 def complexity_metrics(model, cfg: DictConfig, device) -> tuple[dict[str, float], dict[str, str]]:
-    """model/params, model/gflops and model/ms_per_frame at ``eval.frame``, and tags saying so."""
+    """model/params, model/gflops and model/ms_per_frame at ``eval.frame``, and tags saying so.
+
+    Beside the timing (the fastest of at least 5 passes and 0.2 s), how disturbed it was:
+    ``model/ms_per_frame_spread`` (median pass / fastest - 1) and ``model/ms_per_frame_load``
+    (part of the usable CPUs' time other processes took meanwhile, 0..1; Linux only); the
+    report marks timings taken under load (``report.timings``)."""
     m = crop_multiple(cfg.scale)  # e.g. a 256 frame is measured as 255 at x1.5 (LR 170)
     frame = tuple(x - x % m for x in cfg.eval.frame)
     shape = complexity.model_input_shape(model, frame, model_channels(model))
-    ms = complexity.ms_per_frame(model, shape, warmup=1, repeats=3, device=device)
+    # 0.2 s at least: the load is read from /proc/stat, which counts in 1/100 s
+    t = complexity.ms_per_frame(model, shape, warmup=1, repeats=5, device=device,
+                                min_seconds=0.2)
     metrics = {"model/params": complexity.count_params(model),
-               "model/gflops": complexity.gflops(model, shape), "model/ms_per_frame": ms,
-               "model/s_per_30_frames": 30 * ms / 1000}  # how the live-SR project judged it
+               "model/gflops": complexity.gflops(model, shape),
+               "model/ms_per_frame": t.ms_per_frame,
+               "model/ms_per_frame_spread": t.spread,
+               "model/s_per_30_frames": 30 * t.ms_per_frame / 1000}  # the live-SR project's
+    if not math.isnan(t.load):
+        metrics["model/ms_per_frame_load"] = t.load
     return metrics, {"model.input_shape": "x".join(map(str, shape)),
                      "model.frame_hw": "x".join(map(str, frame))}
