@@ -130,8 +130,8 @@ def timed(pids=()) -> tuple:
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="the load is read from /proc/stat")
 def test_a_timing_on_a_busy_machine_is_recorded_under_load():
     """2 spin loops per usable core while timing: the recorded load holds at least what the
-    spinners used (counted independently, per process), and the report's rule calls it
-    under load."""
+    other processes, spinners included, used (counted independently, per process), and the
+    report's rule calls the timing under load."""
     cores = len(os.sched_getaffinity(0))
     with spinners(2 * cores) as pids:
         t, others, spin = timed(pids)

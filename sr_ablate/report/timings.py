@@ -93,6 +93,7 @@ def note(table: pd.DataFrame) -> str:
         text += (f" {counts[UNDER_LOAD]} variant(s) were timed only under load: their ms per "
                  "frame are not comparable and the ms/frame Pareto front leaves them out.")
     if counts.get(UNKNOWN, 0):
-        text += (f" {counts[UNKNOWN]} variant(s) recorded no load figure (older runs): "
-                 "they join the ms/frame Pareto front only when no variant was timed idle.")
+        text += (f" {counts[UNKNOWN]} variant(s) recorded no load figure (older runs, whose "
+                 "time is the median pass, not the fastest): they join the ms/frame Pareto "
+                 "front only when no variant was timed idle.")
     return text
