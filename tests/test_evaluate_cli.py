@@ -166,7 +166,9 @@ def test_tiled_evaluation_scores_like_whole_images(compose):
               load_eval_images([builtin_dir() / BUILTIN_VAL[0]], 2)]
     whole = Evaluator(images, 2)(model)
     tiled = Evaluator(images, 2, tile=16)(model)
-    assert tiled["val/psnr"] == pytest.approx(whole["val/psnr"], abs=1e-6)
+    # the float outputs agree to ~3e-7 of 1; after the 8-bit rounding the protocol scores,
+    # about 1 value in 100,000 lands one level apart, which moves PSNR by ~1e-5 dB
+    assert tiled["val/psnr"] == pytest.approx(whole["val/psnr"], abs=1e-3)
 
 
 def test_720p_to_1080p_degradation_x1_5():

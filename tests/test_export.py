@@ -80,9 +80,10 @@ def test_every_model_exports_and_onnxruntime_matches_torch(compose, photo, expor
 def test_tiling_sees_in_the_onnx_file_the_network_torch_sees(compose, exported, name, scale,
                                                              extra):
     """The memory estimate and the receptive radius that size and pad tiles, from the file
-    alone: onnxruntime's tensors and an input-perturbing probe against torch's module outputs
-    and gradients. Measured equal for every case; the estimate may be 1.5x off, as other
-    graph rewrites may make other tensors (torch's hooks counted one leaf: 16x low)."""
+    alone (onnxruntime's tensors; a probe that changes input pixels) against torch's (module
+    outputs; gradients). Equal for every case here; the estimate may be 1.5x off, since
+    another exporter may fuse or split ops. (Hooking the OrtNet module saw only its output:
+    16x low for SRResNet-16.)"""
     trained, path = exported(compose, name, scale, extra)
     net, c = onnx.from_onnx(path).model, trained.channels
     ratio = bytes_per_input_pixel(net, c) / bytes_per_input_pixel(trained.model, c)

@@ -1,5 +1,6 @@
 """``sr-ablate upscale``: a run trained here applied to real pictures and folders; the colour
-handling of Y-channel models, gray and alpha; tiled == whole; every bad input in one line."""
+handling of Y-channel models, gray and alpha; tiled == whole to float rounding, tiles sized
+with their context, ONNX models tiled too; every bad input in one line."""
 from __future__ import annotations
 
 import numpy as np
@@ -169,10 +170,10 @@ def test_an_onnx_model_tiles_through_the_command_with_its_measured_radius(traine
 
 @pytest.mark.parametrize("free,blocks", [(4 * 10**6, 2), (10**7, 2), (2**30, 16)])
 def test_an_auto_tile_pass_with_its_context_fits_the_budget(compose, free, blocks):
-    """The tile is sized with its context: (tile + 2 x radius)^2 px of estimated memory fit
-    MEMORY_SHARE of the free memory, and one more pixel would not. 1 GiB with SRResNet-16:
-    the pass the tile alone was sized by, plus its context, took 703 MiB of 512 (default
-    width); the width is narrowed here, which changes the bytes, not the geometry."""
+    """The tile is sized with its context: a pass of (tile + 2 x radius)^2 input pixels fits
+    MEMORY_SHARE of the free memory, one pixel more would not. (SRResNet-16 x2, default
+    width, 1 GiB free: the tile was 414 px, its pass with context 703 MiB of a 512 MiB
+    budget; now 342 px and 510 MiB. Narrowed here: the bytes change, the geometry not.)"""
     from sr_ablate.core.tiling import bytes_per_input_pixel, receptive_radius, tiled_forward
     torch.manual_seed(0)
     net = instantiate_node(compose(["model=srresnet", f"model.blocks={blocks}",
@@ -190,6 +191,27 @@ def test_an_auto_tile_pass_with_its_context_fits_the_budget(compose, free, block
         tiled_forward(net, torch.rand(1, 3, h, w), tile)
         hook.remove()
         assert len(passes) > 1 and max(passes) * per_px <= budget
+
+
+def test_a_model_without_a_finite_radius_is_refused_in_one_line():
+    class Global(torch.nn.Module):
+        """x2: conv, pixel shuffle, plus the image mean: every output sees every input."""
+        upsampled_input, scale = False, 2
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 12, 3, padding=1)
+
+        def forward(self, x):
+            y = torch.nn.functional.pixel_shuffle(self.conv(x), 2)
+            return y + y.mean(dim=(-2, -1), keepdim=True)
+
+    trained = Trained.of(Global().eval(), 2, "global.pt")
+    img = photo()[:40, :40]
+    with pytest.raises(UserError, match=r"cannot tile global.pt: .*no finite receptive radius"
+                                        r".*; pass overlap=N .* or tile=0"):
+        upscale_array(trained, img, tile=16)
+    assert upscale_array(trained, img, tile=16, overlap=4).shape == (80, 80, 3)
 
 
 def test_a_folder_goes_on_past_a_bad_file_and_never_overwrites(trained_run, tmp_path):

@@ -12,8 +12,9 @@ upscaled bicubically; EXIF orientation is applied; the output's extension picks 
 
 Options (key=value):
   scale=S           refuse a model trained for another scale (default: the model's)
-  tile=auto|0|N     auto: tiles only when the whole image would not fit in memory (same
-                    pixels either way); 0: whole image; N: tiles of N input pixels
+  tile=auto|0|N     auto: tiles only when the whole image would not fit in memory (the
+                    same output to float rounding: about 1 pixel value in 100,000 may land
+                    one level apart); 0: whole image; N: tiles of N input pixels
   overlap=N         context per tile side (default: the model's measured receptive radius)
   precision=fp32|bf16|fp16   fp16 needs CUDA (default fp32)
   device=auto|cpu|cuda       auto: CUDA when there is one (default)

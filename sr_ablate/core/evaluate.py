@@ -123,8 +123,8 @@ def super_resolve(model: torch.nn.Module, lq: torch.Tensor, scale: float,
 
     Pre-upsampling models (``model.upsampled_input``) get the MATLAB-bicubic enlarged image,
     rounded to uint8 when ``quantize`` (a uint8 LR), as their training pairs are
-    (``upsampled_input``). ``tile`` > 0 runs tiles of that many input pixels (same pixels as
-    whole-image inference).
+    (``upsampled_input``). ``tile`` > 0 runs tiles of that many input pixels (the whole-image
+    output to float rounding: ``core.tiling``).
     """
     device = next(model.parameters()).device
     x = lq.to(torch.float64)

@@ -10,7 +10,8 @@ not exactly: a convolution library orders its sums by the input's size (torch's 
 for 3-input-channel convs on the CPU, cuDNN picks algorithms by size), a few float32 ulps,
 <= 3e-7 on [0, 1] as measured; rounded to 8 bits, a value that close to a rounding boundary
 lands one level apart, a few values in 100,000. Torch without oneDNN gave bit-equal tiles at
-2-3x the CPU time, and neither cuDNN nor onnxruntime has such a switch: not worth promising.
+2-3x the CPU time (onnxruntime's CPU kernels gave them as they are), but cuDNN has no such
+switch: bit-equality is not promised.
 
 The radius is measured, not hard-coded: backpropagate from one output block and see which input
 pixels get a non-zero gradient. That covers every architecture knob, including feature
@@ -173,7 +174,7 @@ def _keep(c0: int, a: int, b: int, size: int, s: float, out_size: int) -> slice:
 @torch.no_grad()
 def tiled_forward(model: nn.Module, x: torch.Tensor, tile: int,
                   overlap: int | None = None) -> torch.Tensor:
-    """Run ``model`` on ``x`` tile by tile; same pixels as ``model(x)`` when overlap is enough.
+    """Run ``model`` on ``x`` tile by tile; ``model(x)`` to float rounding when overlap is enough.
 
     Args:
         model: an SR model in eval mode (train-mode batch norm would use each tile's statistics).

@@ -63,9 +63,20 @@ def auto_tile(trained: Trained, shape: tuple[int, ...], device: torch.device,
     if per_px * shape[-2] * shape[-1] <= budget:
         return 0
     if overlap is None:
-        overlap = receptive_radius(trained.model, shape[1])
+        overlap = radius(trained, shape[1])
     side = math.isqrt(int(budget / per_px))  # the largest square pass that fits
     return max(MIN_TILE, largest_tile(trained.model, side, overlap))
+
+
+def radius(trained: Trained, channels: int) -> int:
+    """``receptive_radius`` of the network; UserError (one line) for one without a finite
+    radius (a global operation), which tiles cannot reproduce without ``overlap=``."""
+    try:
+        return receptive_radius(trained.model, channels)
+    except ValueError as e:
+        why = str(e).replace("; ", ", ")  # one "; " in the line: before it the problem
+        raise UserError(f"cannot tile {trained.source}: {why}; pass overlap=N (context pixels "
+                        "per tile side) or tile=0") from None
 
 
 def choose_tile(trained: Trained, h: int, w: int, batch: int = 1,
@@ -100,6 +111,8 @@ def forward(trained: Trained, x: torch.Tensor, tile: int | None = None,
     x = x.float() / 255 if x.dtype == torch.uint8 else (x.to(torch.float64) / 255).float()
     if tile is None:
         tile = auto_tile(trained, tuple(x.shape), device, overlap=overlap)
+    if tile and overlap is None:
+        overlap = radius(trained, x.shape[1])
     dtype = PRECISIONS[precision]
     cast = (torch.autocast(device.type, dtype=dtype) if dtype is not None
             else contextlib.nullcontext())
