@@ -205,3 +205,21 @@ def reported(tmp_path_factory):
     out = cli(["rep"], cwd, command="report")
     assert out.returncode == 0, out.stderr[-3000:]
     return cwd, cwd / "reports" / "rep"
+
+
+def stopped_after(steps: int, run, monkeypatch) -> None:
+    """``run()`` with a stop request (as SIGTERM makes one) seen after ``steps`` optimiser
+    steps: the loop polls once per step, saves a checkpoint and raises Interrupted."""
+    from contextlib import contextmanager
+
+    from sr_ablate.training import checkpoint
+    from sr_ablate.training.loop import Interrupted
+    polls = []
+
+    @contextmanager
+    def stop_after():
+        yield lambda: polls.append(1) or len(polls) >= steps
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "stop_on_signals", stop_after)
+        with pytest.raises(Interrupted):
+            run()

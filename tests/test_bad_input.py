@@ -112,6 +112,8 @@ UNREAD = {
     "clip_mode without grad_clip": (["trainer.clip_mode=value"],
                                     "trainer.clip_mode='value' is not read with "
                                     "trainer.grad_clip=null"),
+    "ema_start without ema": (["trainer.ema_start=100"],
+                              "trainer.ema_start=100 is not read with trainer.ema=0.0"),
     "eval.data in a training run": (["eval.data=/my/photos"],
                                     "eval.data='/my/photos' is read by the evaluate command"),
 }

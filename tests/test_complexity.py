@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 import torch
 from conftest import MODEL_CONFIGS
-from hydra.utils import instantiate
 
 from sr_ablate.core.complexity import count_params, gflops, model_input_shape, ms_per_frame
 from sr_ablate.models import SRResNet
@@ -28,6 +27,7 @@ from sr_ablate.report.timings import (
     UNDER_LOAD,
     run_states,
 )
+from sr_ablate.training.job import instantiate_node
 
 
 class Stub(torch.nn.Module):
@@ -200,7 +200,7 @@ def test_every_model_takes_its_input_shape(compose, name):
     cfg = compose([f"model={name}", "scale=2"])
     small = [f"model.{k}={v}" for k, v in {"channels": 8, "blocks": 1}.items() if k in cfg.model]
     cfg = compose([f"model={name}", "scale=2", *small])
-    model = instantiate(cfg.model).eval()
+    model = instantiate_node(cfg.model).eval()
     c = cfg.model.get("in_channels", 3)
     shape = model_input_shape(model, (24, 32), c)
     assert shape == ((1, c, 24, 32) if model.upsampled_input else (1, c, 12, 16))

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sr_ablate.training.loop import NonFiniteLoss, fit
+from sr_ablate.training.loop import Every, Hooks, NonFiniteLoss, fit
 
 STEP_S = 0.02  # every batch takes at least this long: a training step of known length
 
@@ -60,10 +60,10 @@ def test_it_per_s_is_this_process_steps_over_training_time_only(start_step, one_
         time.sleep(0.1)
 
     fit(model, batches(STEP_S, on_next=lambda: requests.append(time.perf_counter())), opt,
-        steps=start_step + 30, start_step=start_step, loss_fn=F.mse_loss, eval_fn=eval_fn,
-        eval_every=10, log_every=10, log_fn=log_fn,
-        checkpoint_fn=lambda step, state: time.sleep(0.3), checkpoint_every=10,
-        progress=False)
+        F.mse_loss, steps=start_step + 30, resume={"step": start_step, "loop": None},
+        every=Every(log=10, eval=10, checkpoint=10), progress=False,
+        hooks=Hooks(evaluate=eval_fn, log=log_fn,
+                    checkpoint=lambda step, state: time.sleep(0.3)))
     assert sorted(rates) == [start_step + 10, start_step + 20, start_step + 30]
     seen = {start_step + 10 * (i + 1): 10 / (evals[i] - requests[10 * i]) for i in range(3)}
     print({s: f"{r:.1f} it/s (seen {seen[s]:.1f})" for s, r in rates.items()})
@@ -87,9 +87,9 @@ def test_non_finite_loss_names_the_step_it_happened_at(start_step, value):
     model, opt = tiny()
     logged = []
     with pytest.raises(NonFiniteLoss) as e:
-        fit(model, batches(), opt, steps=start_step + 20, start_step=start_step,
-            loss_fn=nan_at(3, value), log_every=10, progress=False,
-            log_fn=lambda step, m: logged.append(step))
+        fit(model, batches(), opt, nan_at(3, value), steps=start_step + 20,
+            resume={"step": start_step, "loop": None}, every=Every(log=10), progress=False,
+            hooks=Hooks(log=lambda step, m: logged.append(step)))
     print(e.value)
     assert f"at step {start_step + 3}" in str(e.value) and "\n" not in str(e.value)
     assert logged == []  # nothing of that window reaches the tracking store
@@ -101,9 +101,8 @@ def test_non_finite_loss_is_caught_before_a_checkpoint_saves_it():
     model, opt = tiny()
     saved = []
     with pytest.raises(NonFiniteLoss, match="at step 3"):
-        fit(model, batches(), opt, steps=20, loss_fn=nan_at(3), log_every=10,
-            checkpoint_fn=lambda step, state: saved.append(step), checkpoint_every=5,
-            progress=False)
+        fit(model, batches(), opt, nan_at(3), steps=20, every=Every(log=10, checkpoint=5),
+            hooks=Hooks(checkpoint=lambda step, state: saved.append(step)), progress=False)
     assert saved == []
 
 
@@ -120,9 +119,9 @@ def test_loss_is_read_from_the_device_only_at_log_and_checkpoint_steps(monkeypat
         monkeypatch.setattr(torch.Tensor, name, counted)
     marks = []
     model, opt = tiny()
-    fit(model, batches(on_next=lambda: marks.append(reads[0])), opt, steps=21,
-        loss_fn=F.mse_loss, log_every=7, checkpoint_fn=lambda step, state: None,
-        checkpoint_every=10, progress=False)
+    fit(model, batches(on_next=lambda: marks.append(reads[0])), opt, F.mse_loss, steps=21,
+        every=Every(log=7, checkpoint=10), hooks=Hooks(checkpoint=lambda step, state: None),
+        progress=False)
     marks.append(reads[0])
     per_step = {step: marks[step] - marks[step - 1] for step in range(1, 22)}
     assert {s for s, n in per_step.items() if n} == {7, 10, 14, 20, 21}, per_step

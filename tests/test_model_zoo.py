@@ -8,12 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import MODEL_CONFIGS
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 
+from sr_ablate.config.schema import class_keys
 from sr_ablate.core.complexity import count_params, model_input_shape
 from sr_ablate.core.tiling import receptive_radius, tiled_forward
 from sr_ablate.models import EDSR, ESPCN, SRCNN, SRCNNRNN, VDSR
+from sr_ablate.training.job import instantiate_node
 
 
 def conv(cin: int, cout: int, k: int, bias: bool = True) -> int:
@@ -26,8 +28,11 @@ def test_config_lists_every_kwarg_with_its_default(compose, name):
     """conf/model/<name>.yaml is the signature: same keys, same defaults, scale from the root."""
     node = compose([f"model={name}"]).model
     params = inspect.signature(get_class(node._target_).__init__).parameters
-    keys = [k for k in node if not k.startswith("_")]
+    keys = [k for k in class_keys(node) if not k.startswith("_")]
     assert sorted(keys) == sorted(p for p in params if p != "self")
+    # beside them, the keys the training reads (schema.ROOT_READ), at their neutral values
+    assert {k: node[k] for k in node if k not in keys and not k.startswith("_")} == {
+        "init": None, "init_strict": True}
     assert OmegaConf.to_container(node)["scale"] == "${scale}"
     for key in keys:
         if key != "scale":
@@ -59,7 +64,7 @@ def test_attributes_and_finite_output(cls, kwargs):
 
 @pytest.mark.parametrize("sizes, k2", [("[9,5,5]", 5), ("[9,1,5]", 1)])
 def test_srcnn_parameter_count(compose, sizes, k2):
-    model = instantiate(compose(["model=srcnn", f"model.kernel_sizes={sizes}"]).model)
+    model = instantiate_node(compose(["model=srcnn", f"model.kernel_sizes={sizes}"]).model)
     hand = (1 * 64 * 81 + 64) + (64 * 32 * k2 * k2 + 32) + (32 * 1 * 25 + 1)
     assert count_params(model) == hand == {5: 57281, 1: 8129}[k2]
 
@@ -112,7 +117,7 @@ def test_rnn_is_the_unrolled_recurrence_and_depends_on_steps():
 
 def test_vdsr_has_20_layers_he_init_and_a_global_residual(compose):
     torch.manual_seed(0)
-    model = instantiate(compose(["model=vdsr"]).model)
+    model = instantiate_node(compose(["model=vdsr"]).model)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 20
     assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == 19
@@ -154,7 +159,7 @@ def test_espcn_x15_tiles_exactly_and_needs_even_sides():
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_espcn_integer_scales(compose, scale):
-    model = instantiate(compose(["model=espcn", f"scale={scale}", "model.channels=8"]).model)
+    model = instantiate_node(compose(["model=espcn", f"scale={scale}", "model.channels=8"]).model)
     assert (model.p, model.q) == (scale, 1)
     assert model(torch.rand(1, 3, 7, 9)).shape == (1, 3, 7 * scale, 9 * scale)
     assert count_params(model) == conv(3, 8, 5) + conv(8, 32, 3) + conv(32, 3 * scale ** 2, 3)
@@ -170,7 +175,7 @@ def test_espcn_rejects_scales_it_cannot_do(scale):
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_edsr_baseline_parameter_count(compose, scale):
-    model = instantiate(compose(["model=edsr_baseline", f"scale={scale}"]).model)
+    model = instantiate_node(compose(["model=edsr_baseline", f"scale={scale}"]).model)
     up = [conv(64, 64 * 4, 3)] * 2 if scale == 4 else [conv(64, 64 * scale ** 2, 3)]
     hand = conv(3, 64, 3) + 16 * 2 * conv(64, 64, 3) + conv(64, 64, 3) + sum(up) + conv(64, 3, 3)
     assert count_params(model) == hand

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import MODEL_CONFIGS
-from hydra.utils import instantiate
 
 from sr_ablate.core.complexity import count_params
 from sr_ablate.training.job import instantiate_node
@@ -16,7 +15,7 @@ from sr_ablate.training.job import instantiate_node
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_model_forward_backward(compose, name, scale):
     cfg = compose([f"model={name}", f"scale={scale}"])
-    model = instantiate(cfg.model)
+    model = instantiate_node(cfg.model)
     c = cfg.model.get("in_channels", 3)
     h, w = 12, 10
     x = torch.rand(2, c, h, w)

@@ -13,7 +13,7 @@ from PIL import Image
 from sr_ablate import tracking
 from sr_ablate.data import BUILTIN_TRAIN, BUILTIN_VAL, builtin_dir
 from sr_ablate.training.job import run_job
-from sr_ablate.training.loop import fit
+from sr_ablate.training.loop import Every, Hooks, fit
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +107,10 @@ def test_fit_takes_plain_callables():
     model = torch.nn.Conv2d(1, 1, 3, padding=1)
     data = iter(lambda: {"lq": torch.rand(4, 1, 8, 8), "gt": torch.rand(4, 1, 8, 8)}, None)
     logged = []
-    out = fit(model, data, torch.optim.SGD(model.parameters(), lr=0.1), steps=6,
-              loss_fn=torch.nn.MSELoss(), eval_fn=lambda m: {"val/x": 1.0},
-              log_fn=lambda s, m: logged.append((s, m)), eval_every=3, log_every=2, progress=False)
+    out = fit(model, data, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.MSELoss(),
+              steps=6, every=Every(log=2, eval=3), progress=False,
+              hooks=Hooks(evaluate=lambda m: {"val/x": 1.0},
+                          log=lambda s, m: logged.append((s, m))))
     assert [s for s, _ in logged] == [2, 3, 4, 6]
     assert [("val/x" in m) for _, m in logged] == [False, True, False, True]
     assert out["train/loss"] == logged[-1][1]["train/loss"]
@@ -121,8 +122,8 @@ def test_fit_stops_on_non_finite_loss():
     data = iter(lambda: {"lq": torch.full((1, 1, 4, 4), float("nan")),
                          "gt": torch.zeros(1, 1, 4, 4)}, None)
     with pytest.raises(NonFiniteLoss, match="step 1"):
-        fit(model, data, torch.optim.SGD(model.parameters(), lr=0.1), steps=3,
-            loss_fn=torch.nn.MSELoss(), log_every=1, progress=False)
+        fit(model, data, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.MSELoss(),
+            steps=3, every=Every(log=1), progress=False)
 
 
 def test_seeded_runs_repeat_and_y_channel_training(store, compose, tmp_path):
@@ -139,9 +140,8 @@ def test_seeded_runs_repeat_and_y_channel_training(store, compose, tmp_path):
 def test_live_model_at_x1_5_with_default_frame(store, compose, tmp_path):
     """ESPCN x1.5 (720p -> 1080p style): training patches and the complexity frame are
     aligned to the scale's period (a 256 frame is measured as 255 -> LR 170)."""
-    from hydra.utils import instantiate
-
     from sr_ablate.core.complexity import gflops
+    from sr_ablate.training.job import instantiate_node
     overrides = ["model=espcn", "scale=1.5", "trainer=smoke", "model.channels=8",
                  "trainer.patch_size=16", "trainer.progress=false", "tracking.checkpoint=false"]
     ids = []
@@ -150,7 +150,7 @@ def test_live_model_at_x1_5_with_default_frame(store, compose, tmp_path):
     assert r.info.status == "FINISHED"
     assert r.data.tags["model.frame_hw"] == "255x255"  # 256 cut to a multiple of 3
     assert r.data.tags["model.input_shape"] == "1x3x170x170"  # 255 / 1.5
-    model = instantiate(compose(overrides).model)
+    model = instantiate_node(compose(overrides).model)
     assert out["model/gflops"] == pytest.approx(gflops(model, (1, 3, 170, 170)), rel=1e-12)
     # ms per frame is a measured time (no exact value); the 30-frame figure is derived from it
     assert out["model/ms_per_frame"] > 0

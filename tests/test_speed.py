@@ -21,7 +21,8 @@ from sr_ablate.core.evaluate import Evaluator, Protocol, super_resolve
 from sr_ablate.models import SRResNet
 from sr_ablate.training import checkpoint, clock, speed
 from sr_ablate.training.job import run_job
-from sr_ablate.training.loop import Interrupted, fit
+from sr_ablate.training.loop import Every, Interrupted, fit
+from sr_ablate.training.step import Numerics
 
 QUIET = TINY + ["tracking.checkpoint=false"]
 
@@ -63,8 +64,9 @@ def train_small_srresnet(autocast):
              model.register_forward_hook(lambda m, i, o: seen.append(("out", o.dtype)))]
     before = mse()
     seen.clear()
-    fit(model, photo_batches(), torch.optim.Adam(model.parameters(), LR), steps=STEPS,
-        loss_fn=torch.nn.MSELoss(), log_every=STEPS, progress=False, autocast=autocast)
+    fit(model, photo_batches(), torch.optim.Adam(model.parameters(), LR), torch.nn.MSELoss(),
+        steps=STEPS, every=Every(log=STEPS), progress=False,
+        numerics=Numerics(autocast=autocast))
     for h in hooks:
         h.remove()
     assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights fp32

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
-from sr_ablate.training.loop import clip_gradients, fit
+from sr_ablate.training.job import instantiate_node
+from sr_ablate.training.loop import Every, Hooks, fit
+from sr_ablate.training.step import Numerics, clip_gradients
 
 
 def grads(values):
@@ -34,12 +35,13 @@ def test_schedules_from_config_are_stepped_by_fit(compose, sched, expected):
     cfg = compose([f"sched={sched}", "optim=sgd", "trainer.steps=6", "sched.step_size=3"
                    if sched == "step" else "sched.eta_min=0.0"])
     model = torch.nn.Conv2d(1, 1, 3, padding=1)
-    opt = instantiate(cfg.optim)(model.parameters())
-    scheduler = instantiate(cfg.sched)(opt)
+    opt = instantiate_node(cfg.optim)(model.parameters())
+    scheduler = instantiate_node(cfg.sched)(opt)
     data = iter(lambda: {"lq": torch.rand(2, 1, 8, 8), "gt": torch.rand(2, 1, 8, 8)}, None)
     logged = []
-    fit(model, data, opt, steps=6, loss_fn=torch.nn.MSELoss(), scheduler=scheduler,
-        log_fn=lambda s, m: logged.append(m["train/lr"]), log_every=3, progress=False)
+    fit(model, data, opt, torch.nn.MSELoss(), steps=6, scheduler=scheduler,
+        hooks=Hooks(log=lambda s, m: logged.append(m["train/lr"])), every=Every(log=3),
+        progress=False)
     # logged after 3 steps: step decayed once (x0.1), cosine half way (0.05)
     assert logged[0] == pytest.approx(0.01 if sched == "step" else 0.05)
     assert opt.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-12)
@@ -70,9 +72,10 @@ def test_fp16_resume_keeps_the_loss_scale_so_it_matches_an_uninterrupted_run():
                                                    model.state_dict().items()},
                            "optimizer": opt.state_dict()}
         # a huge loss overflows fp16 gradients at the start scale (65536): the scaler halves
-        fit(model, data, opt, steps=12, progress=False, autocast=torch.float16,
-            loss_fn=lambda out, gt: ((out - gt) ** 2).mean() * 1e3, start_step=start_step,
-            loop_state=loop_state, checkpoint_fn=save, checkpoint_every=6)
+        fit(model, data, opt, lambda out, gt: ((out - gt) ** 2).mean() * 1e3, steps=12,
+            progress=False, numerics=Numerics(autocast=torch.float16),
+            resume={"step": start_step, "loop": loop_state} if start_step else None,
+            hooks=Hooks(checkpoint=save), every=Every(checkpoint=6))
         return model, saved
 
     whole, saved = train()

@@ -22,7 +22,7 @@ from sr_ablate import data
 from sr_ablate.config import validation
 from sr_ablate.core.evaluate import model_channels
 from sr_ablate.training.job import instantiate_node
-from sr_ablate.training.loop import fit
+from sr_ablate.training.loop import Every, Hooks, fit
 
 # name -> (overrides, batch, LR patch): the shapes of docs/protocol.md#benchmark-shapes; VDSR at
 # batch 16 x 40^2 instead of 64 x 41^2 to keep a round of the benchmark near 10 s on 2 cores.
@@ -95,8 +95,8 @@ def full_its(s: Setup, steps: int, log_fn, log_every: int = 10) -> float:
     """it/s of sr_ablate's ``fit`` with patch sampling and logging (evaluation off)."""
     _sync(s.device)
     t = time.perf_counter()
-    fit(s.model, s.batches, s.optimizer, steps=steps, loss_fn=s.loss_fn, log_fn=log_fn,
-        log_every=log_every, progress=False, device=s.device)
+    fit(s.model, s.batches, s.optimizer, s.loss_fn, steps=steps, hooks=Hooks(log=log_fn),
+        every=Every(log=log_every), progress=False, device=s.device)
     _sync(s.device)
     return steps / (time.perf_counter() - t)
 

@@ -49,6 +49,7 @@ def _job(cfg, multirun: bool) -> None:
 
 def _job_guarded(cfg, multirun: bool) -> None:
     from sr_ablate import tracking
+    from sr_ablate.training.init import settle
     from sr_ablate.training.job import resume_interrupted, run_job
 
     started = clock.job_clock()
@@ -69,6 +70,7 @@ def _job_guarded(cfg, multirun: bool) -> None:
                        started_at=started, on_start=opened.append)
 
     try:
+        settle(cfg, CWD)  # model.init's weights: their SHA-256 is part of the config hash
         if multirun and not cfg.sweep.force:
             uri = tracking.store_uri(cfg.tracking.uri, CWD)
             done = tracking.finished_run(uri, cfg.tracking.experiment, config_hash(cfg))
@@ -136,14 +138,22 @@ def _checked(argv: list[str]):
     if spec and spec.get("optuna"):
         return argv, spec, tmp, None
     if not spec:
-        return argv, spec, tmp, validation.validate(argv, files=True)
+        return argv, spec, tmp, validation.validate(argv, files=True, then=_init_fits)
     extra = [a for a in sys.argv[1:]
              if not a.startswith("sweep=") and a not in ("-m", "--multirun")]
     cfg = None
     for check_argv in grid.checks(spec, extra):
-        checked = validation.validate(check_argv, files=True)
+        checked = validation.validate(check_argv, files=True, then=_init_fits)
         cfg = cfg or checked
     return argv, spec, tmp, cfg
+
+
+def _init_fits(cfg) -> None:
+    """``model.init``'s weights read and fitted to the model before Hydra starts or a sweep's
+    parent run opens (a bad one is one line); sets ``model.init_sha256``."""
+    if cfg.model.get("init") is not None or "init_sha256" in cfg.model:
+        from sr_ablate.training.init import check_fits  # MLflow: only when it is needed
+        check_fits(cfg, CWD)
 
 
 def config_dir_option(argv: list[str]) -> tuple[list[str], str | None]:

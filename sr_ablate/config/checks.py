@@ -20,8 +20,10 @@ from sr_ablate import UserError
 from sr_ablate.config.schema import (  # importing it registers the schema
     DOMAINS,
     EVALUATE_ONLY,
+    NEUTRAL,
     ONLY_READ_WHEN,
     RootConf,
+    class_keys,
 )
 
 
@@ -31,7 +33,7 @@ def _target(node: DictConfig):
 
 def _kwargs(node: DictConfig) -> dict:
     """The keyword arguments a ``_target_`` node passes to its class (resolved)."""
-    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
+    return {k: v for k, v in class_keys(OmegaConf.to_container(node, resolve=True)).items()
             if not k.startswith("_")}
 
 
@@ -61,7 +63,7 @@ def check_target(group: str, node: DictConfig) -> None:
     except Exception:  # unresolvable annotations: check names only
         hints = {}
     valid = [n for n in sig.parameters if n not in ("self", "params", "args", "kwargs")]
-    for key in node:
+    for key in class_keys(node):
         if key.startswith("_"):
             continue
         if key not in valid:
@@ -182,9 +184,12 @@ def check_unread(cfg: DictConfig, training: bool) -> None:
     for a training run, also ``schema.EVALUATE_ONLY``): otherwise the run would record a
     setting it never used."""
     for key, (chooser, readers, fix) in ONLY_READ_WHEN.items():
-        value, default = OmegaConf.select(cfg, key), OmegaConf.select(_DEFAULTS, key)
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is _ABSENT:  # e.g. the evaluate command's model, not from conf/model
+            continue
+        default = NEUTRAL[key] if key in NEUTRAL else OmegaConf.select(_DEFAULTS, key)
         chosen = OmegaConf.select(cfg, chooser)
-        if value == default or chosen in readers or ("set" in readers and chosen is not None):
+        if value == default or chosen in readers or ("set" in readers and chosen):
             continue
         how = f"{chooser}={show_value(chosen)}"
         if chooser.partition(".")[2] == "name":  # a group's option: say it as it is chosen
@@ -223,6 +228,12 @@ def check(cfg: DictConfig, targets: tuple[str, ...] = TARGETS, here: bool = True
     if "sched" in targets and eta_min is not None and lr is not None and eta_min > lr:
         raise UserError(f"sched.eta_min={eta_min} is above optim.lr={lr}: the schedule would "
                         f"raise the learning rate; set sched.eta_min to at most {lr} (e.g. 0)")
+    periods = cfg.sched.get("periods")  # sched=cosine_restarts
+    if "sched" in targets and periods is not None and sum(periods) < cfg.trainer.steps:
+        steps = cfg.trainer.steps
+        raise UserError(f"sched.periods={list(periods)} cover {sum(periods)} steps, fewer than "
+                        f"trainer.steps={steps}: the schedule would end before the run; "
+                        f"lengthen the last period by {steps - sum(periods)} or add periods")
     want = {"y": 1, "rgb": 3}.get(cfg.data.color, cfg.model.get("in_channels", 3))
     if cfg.model.get("in_channels", want) != want:
         raise UserError(f"model.in_channels={cfg.model.in_channels} but data.color="

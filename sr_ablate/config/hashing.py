@@ -11,6 +11,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sr_ablate.config.schema import NEUTRAL
+
 
 def flatten(cfg: DictConfig | dict, prefix: str = "", private: bool = False) -> dict[str, Any]:
     """Resolved config as {"model.blocks": 16, ...}; keys starting with '_' (``_target_``)
@@ -35,7 +37,8 @@ NOT_HASHED = ("resume", "tracking.", "sweep.", "trainer.progress", "trainer.devi
 
 # Params that differ between runs without being a design choice.
 NOT_FACTORS = {"tracking.uri", "tracking.experiment", "trainer.progress", "trainer.device",
-               "sweep.force", "sweep.trials", "sweep.storage", "sweep.workers"}
+               "sweep.force", "sweep.trials", "sweep.storage", "sweep.workers",
+               "trainer.effective_batch"}  # batch_size x accumulate: the swept keys are those
 # Params swept to repeat a configuration, not to compare designs: their runs are pooled.
 REPEATS = ("seed",)
 
@@ -44,6 +47,6 @@ def config_hash(cfg: DictConfig) -> str:
     """A 16-hex-digit hash of the resolved configuration: equal hashes mean the same run
     (same model, data, budget, seed, evaluation), wherever and however it was launched."""
     flat = {k: v for k, v in flatten(cfg, private=True).items()  # _target_ names the class
-            if not k.startswith(NOT_HASHED)}
+            if not k.startswith(NOT_HASHED) and not (k in NEUTRAL and v == NEUTRAL[k])}
     text = json.dumps(flat, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

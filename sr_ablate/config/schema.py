@@ -67,6 +67,11 @@ class TrainerConf:
     channels_last: Union[bool, str] = "auto"  # auto | true | false: NHWC weights/activations
     compile: bool = False          # torch.compile the training forward/backward
     checkpoint_every: int = 0      # steps between resumable checkpoints; 0: at every evaluation
+    # Recipes (training.ema, training.loop.Numerics)
+    ema: float = 0.0               # decay of the weights' moving average; 0: off
+    ema_start: int = 0             # optimiser steps before averaging starts (the EMA copies)
+    accumulate: int = 1            # micro-batches per optimiser step (effective batch x N)
+    deterministic: bool = False    # deterministic kernels only (torch, cuDNN, cuBLAS)
 
 
 @dataclass
@@ -163,6 +168,11 @@ DOMAINS: dict[str, Domain] = {
     "trainer.compile": BOOL,
     "trainer.checkpoint_every": Int(0, STEPS,
                                     fix=f"a whole number from 0 (at every evaluation) to {STEPS}"),
+    "trainer.ema": Float(0, 1, high_open=True,
+                         fix="a decay >= 0 and < 1, e.g. 0.999 (0: no moving average)"),
+    "trainer.ema_start": Int(0, STEPS),
+    "trainer.accumulate": Int(1, 4096),
+    "trainer.deterministic": BOOL,
     # tracking
     "tracking.uri": Domain("str", null=True, schemes=TRACKING_SCHEMES, noun="tracking URI",
                            fix="sqlite:///mlflow.db (a database file), http://host:5000 (a "
@@ -212,6 +222,10 @@ DOMAINS: dict[str, Domain] = {
     "model.global_skip": BOOL,
     "model.bn": BOOL,
     "model.upsampler": Choice("pixelshuffle", "bicubic"),
+    # read by the composition root, not the class (ROOT_READ): how the model starts
+    "model.init": Domain("str", null=True, noun="trained model",
+                         fix="a run id, runs:/<id>, models:/<name>@<alias> or path/final.pt"),
+    "model.init_strict": BOOL,
     # loss.*: conf/loss (WeightedSum, VGGLoss)
     "loss.l2": LOSS_WEIGHT,
     "loss.l1": LOSS_WEIGHT,
@@ -231,11 +245,19 @@ DOMAINS: dict[str, Domain] = {
     "optim.eps": Float(0, 1, low_open=True),
     "optim.weight_decay": Float(0, 1),
     "optim.momentum": Float(0, 1, high_open=True),
-    # sched.*: conf/sched (CosineAnnealingLR, StepLR)
+    # sched.*: conf/sched (CosineAnnealingLR, StepLR, training.schedules.CosineRestarts)
     "sched.T_max": Int(1, STEPS),
     "sched.eta_min": Float(0, 1e6),
     "sched.step_size": Int(1, STEPS),
     "sched.gamma": Float(0, 1, low_open=True),
+    "sched.periods": ListOf(Int(1, STEPS), fix="a list of period lengths in steps, each from 1 "
+                            f"to {STEPS}, covering trainer.steps, e.g. [1200,1200]"),
+    "sched.restart_weights": ListOf(Float(0, 1, low_open=True),
+                                    fix="a list of weights > 0 and <= 1, one per period, "
+                                        "e.g. [1,0.5]"),
+    # read by the composition root for every schedule (ROOT_READ): linear warm-up
+    "sched.warmup_steps": Int(0, STEPS),
+    "sched.warmup_start": Float(0, 1),
 }
 
 
@@ -244,17 +266,41 @@ DOMAINS: dict[str, Domain] = {
 # it, what to do instead). Under another choice a value other than the schema's default would be
 # recorded as a param the run never used (data.root=/my/photos beside data=builtin reads as if
 # the run had trained on that folder), so ``checks.check_unread`` refuses it in one line.
-# ``trainer.grad_clip``'s readers are every value but null ("set").
+# "set": read when the chooser is set (not null, not 0): trainer.grad_clip, trainer.ema...
 ONLY_READ_WHEN: dict[str, tuple[str, tuple, str]] = {
     "data.root": ("data.name", ("folder",), "add data=folder to train on that folder"),
     "data.val_root": ("data.name", ("folder",), "add data=folder data.root=<training folder>"),
     "data.val_count": ("data.name", ("folder",), "add data=folder data.root=<training folder>"),
     "trainer.clip_mode": ("trainer.grad_clip", ("set",),
                           "set trainer.grad_clip=<threshold> as well (e.g. 0.4)"),
+    "trainer.ema_start": ("trainer.ema", ("set",), "set trainer.ema=<decay> as well (e.g. 0.999)"),
+    "model.init_strict": ("model.init", ("set",), "set model.init=<trained run> as well"),
+    "sched.warmup_start": ("sched.warmup_steps", ("set",),
+                           "set sched.warmup_steps=<steps> as well"),
 }
+# Keys of a class-valued group that the composition root (training.job) reads instead of the
+# class: where the model's weights start, and the warm-up every schedule takes.
+# model.init_sha256 is no setting: training.init sets it from the weights model.init names.
+ROOT_READ: dict[str, tuple[str, ...]] = {"model": ("init", "init_strict", "init_sha256"),
+                                         "sched": ("warmup_steps", "warmup_start")}
+_ROOT_KEYS = {k for keys in ROOT_READ.values() for k in keys}
+
+
+def class_keys(node) -> dict:
+    """A class-valued group's node (DictConfig or dict) as its class is called: without the
+    keys the composition root reads (``ROOT_READ``)."""
+    items = node.items() if hasattr(node, "items") else node
+    return {k: v for k, v in items if k not in _ROOT_KEYS}
 # Keys only the evaluate command reads (a training run scores eval.sets / eval.final_sets)
 EVALUATE_ONLY: dict[str, str] = {
     "eval.data": "to score a folder during training give eval.sets=[val,/path/to/folder]",
     "eval.format": "training prints one line per run; eval.format is for the evaluate command",
 }
-
+# Keys added after runs were made, at the values that compute what those runs computed: the
+# config hash leaves a key out at its value here (``hashing.config_hash``), so earlier runs are
+# still reused by sweeps and resumed from their checkpoints. Also the defaults of ROOT_READ keys.
+NEUTRAL: dict[str, object] = {
+    "trainer.ema": 0.0, "trainer.ema_start": 0, "trainer.accumulate": 1,
+    "trainer.deterministic": False, "model.init": None, "model.init_strict": True,
+    "sched.warmup_steps": 0, "sched.warmup_start": 0.0,
+}

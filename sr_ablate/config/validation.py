@@ -7,6 +7,7 @@ check of a composed config (``config.checks``).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from hydra import compose as hydra_compose
@@ -20,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sr_ablate import UserError
 from sr_ablate.config import CONF_DIR, CONFIG_DIR_ENV
 from sr_ablate.config.checks import TARGETS, check, show_value
-from sr_ablate.config.schema import DOMAINS  # importing it registers the schema
+from sr_ablate.config.schema import DOMAINS, ROOT_READ  # importing it registers the schema
 from sr_ablate.data.sets import check_present
 
 # Hydra's own flags; with these we let Hydra answer (help, printing the config...).
@@ -80,10 +81,13 @@ def _explain(error: Exception, override: str, choices: list[str]) -> str:
         valid = [k for k in (node.keys() if isinstance(node, DictConfig) else [])
                  if not str(k).startswith("_")]
         where = parent or "the root config"
-        if not valid:  # e.g. sched.T_max with sched=none, whose option has no settings
+        own = [k for k in valid if k not in ROOT_READ.get(parent, ())]
+        if not own:  # e.g. sched.T_max with sched=none, whose option has no settings
             chosen = compose(choices, hydra_config=True).hydra.runtime.choices.get(parent)
-            return (f"unknown setting '{key}': {parent}={chosen} takes no settings; pick the "
-                    f"option that reads it (e.g. {parent}=<option> {key}=...), see --help")
+            shared = f" besides {', '.join(f'{parent}.{k}' for k in valid)}" if valid else ""
+            return (f"unknown setting '{key}': {parent}={chosen} takes no settings{shared}; "
+                    f"pick the option that reads it (e.g. {parent}=<option> {key}=...), "
+                    "see --help")
         return f"unknown setting '{key}'; valid keys in {where}: {', '.join(map(str, valid))}"
     if isinstance(cause, OmegaConfBaseException):
         first = str(cause).splitlines()[0]
@@ -139,11 +143,13 @@ def check_typed(overrides: list[str]) -> None:
 
 
 def validate(argv: list[str], targets: tuple[str, ...] = TARGETS,
-             files: bool = False) -> DictConfig | None:
+             files: bool = False, then: Callable[[DictConfig], None] | None = None
+             ) -> DictConfig | None:
     """Compose and check the config(s) named by ``argv``; returns the first, or None when
     ``argv`` asks Hydra for help/printing. Raises UserError with a one-line message.
     ``targets``: the class-valued groups checked against their constructors. ``files``: the
-    config is about to run here, so its training data and evaluation sets must be here."""
+    config is about to run here, so its training data and evaluation sets must be here.
+    ``then``: called with each config once checked (training: ``model.init``'s weights)."""
     if any(a.split("=")[0] in PASSTHROUGH for a in argv):
         return None
     overrides = [a for a in argv if not a.startswith("-")
@@ -165,6 +171,8 @@ def validate(argv: list[str], targets: tuple[str, ...] = TARGETS,
         check(cfg, targets, here)
         if files and here:
             check_present(cfg)
+        if then is not None:
+            then(cfg)
         first = first or cfg
     return first
 

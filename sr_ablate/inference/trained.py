@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from sr_ablate import UserError
+from sr_ablate.config.schema import class_keys
 from sr_ablate.core.evaluate import model_channels
 
 
@@ -57,22 +58,32 @@ def build(node: dict) -> nn.Module:
         raise UserError(f"the model class {target!r} cannot be imported here; install the "
                         "package that defines it (or run from the folder that holds it)"
                         ) from None
-    return cls(**{k: v for k, v in node.items() if not k.startswith("_")})
+    return cls(**{k: v for k, v in class_keys(node).items() if not k.startswith("_")})
 
 
-def from_checkpoint(path: str | Path, source: str | None = None) -> Trained:
-    """The model of a ``final.pt`` file; UserError (one line) for any other file."""
+def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
+    """(resolved config, state dict) of a ``final.pt`` file, read with
+    ``torch.load(weights_only=True)`` (no pickled code runs), on the CPU; UserError (one line)
+    for a missing file or any other file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model file {path} not found; give a run's final.pt, an MLflow run "
                         "id or models:/<name>@<alias>")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        config, weights = ckpt["config"], ckpt["model"]
-        node = config["model"]
+        # a final.pt's config holds its model node: checked here, with the rest of the file
+        config, weights, _ = ckpt["config"], ckpt["model"], ckpt["config"]["model"]
     except Exception as e:
         raise UserError(f"{path} is not an sr_ablate checkpoint ({e.__class__.__name__}); "
                         "give the final.pt of a run") from None
+    return config, weights
+
+
+def from_checkpoint(path: str | Path, source: str | None = None) -> Trained:
+    """The model of a ``final.pt`` file; UserError (one line) for any other file."""
+    path = Path(path)
+    config, weights = read_checkpoint(path)
+    node = config["model"]
     model = build(node)
     load_weights(model, weights, path)
     return Trained.of(model.eval(), config.get("scale", node.get("scale")),
@@ -85,28 +96,29 @@ def load_weights(model: torch.nn.Module, weights: dict, path: Path) -> None:
     try:
         model.load_state_dict(weights)
     except (RuntimeError, KeyError, TypeError, AttributeError) as e:
-        why = _mismatch(model, weights, e)
+        why = mismatch(model, weights, e)
         raise UserError(f"{path} holds weights of another architecture than "
                         f"{type(model).__name__} with these settings ({why}); use the "
                         "configuration it was trained with, or delete it") from None
 
 
-def _mismatch(model: torch.nn.Module, weights, error: Exception) -> str:
-    """The first difference between the model's parameters and ``weights``, in words."""
+def mismatch(model: torch.nn.Module, weights, error: Exception | None = None) -> str:
+    """The first difference between the model's parameters and ``weights``, in words
+    (``error``'s class name when none is found)."""
     if not isinstance(weights, dict):
         return f"no state dict but a {type(weights).__name__}"
     own = model.state_dict()
     for key, value in own.items():
         theirs = weights.get(key)
         if theirs is None:
-            return f"{key} is missing"
+            return f"{key} is not in the file"
         if getattr(theirs, "shape", None) != value.shape:
             shape = "x".join(map(str, getattr(theirs, "shape", ()))) or "no tensor"
             return f"{key} is {shape} in the file, {'x'.join(map(str, value.shape))} here"
     extra = [k for k in weights if k not in own]
     if extra:
         return f"unexpected {extra[0]}" + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")
-    return type(error).__name__
+    return type(error).__name__ if error is not None else "no difference"
 
 
 def check_scale(trained: Trained, asked: float | None) -> None:

@@ -32,6 +32,7 @@ from sr_ablate.sweeps.optuna_spec import (
     suggest,
 )
 from sr_ablate.training import clock
+from sr_ablate.training.init import settle
 from sr_ablate.training.job import resume_interrupted, run_job
 
 
@@ -140,6 +141,7 @@ class Worker:
             try:
                 validation.validate(self.base + typed)
                 cfg, choices = validation.compose_job(self.base + typed)
+                settle(cfg, self.cwd)  # model.init_sha256, before the hash resume looks up
                 resume_interrupted(cfg, self.cwd)  # a re-queued trial that had a checkpoint
                 result = run_job(cfg, cwd=self.cwd, overrides=typed, choices=choices, tags=tags,
                              on_start=on_start, on_eval=self.pruning(trial) if i == 0 else None,

@@ -39,9 +39,9 @@ __all__ = ["ALIAS", "FAILED_TAG", "PARENT_ENV", "RESUME_TAG", "REUSED_FROM", "RE
            "link_reused", "load_trained", "log_model",
            "metric_history", "reachable", "record_failed", "record_reused", "register", "run",
            "run_metrics", "runs_frame", "start_parent", "store_uri", "sweep_definition",
-           "sweep_parent"]
+           "sweep_parent", "weights_file"]
 
-_MODELS = ("ALIAS", "load_trained", "log_model", "register")
+_MODELS = ("ALIAS", "load_trained", "log_model", "register", "weights_file")
 
 
 def __getattr__(name: str):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import inspect
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -109,11 +111,22 @@ def load_trained(spec: str, uri: str) -> Trained:
             raise UserError(f"model file {spec} not found; give an .onnx file from sr-ablate "
                             "export")
         return from_onnx(spec)
+    with weights_file(spec, uri) as path:
+        return from_checkpoint(path, source=spec)
+
+
+@contextmanager
+def weights_file(spec: str, uri: str, key: str = "model") -> Iterator[Path]:
+    """The local final.pt behind ``spec`` (a path as it is; a run id / ``runs:/<id>`` /
+    ``models:/...`` downloaded from the store at ``uri`` into a temporary folder, deleted on
+    exit); UserError (one line) when there is none. ``key``: the setting that gave ``spec``,
+    for messages."""
     if spec.endswith(".pt") or Path(spec).is_file():
-        return from_checkpoint(spec)
+        yield Path(spec)
+        return
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         # MLflow would make an empty store there: say what is wrong instead
-        raise UserError(f"model={spec} is not a file and there is no MLflow store at {uri}; "
+        raise UserError(f"{key}={spec} is not a file and there is no MLflow store at {uri}; "
                         "run from the folder of mlflow.db or pass tracking.uri=")
     client = client_for(uri)
     run_id = _run_of(client, spec, uri)
@@ -128,7 +141,8 @@ def load_trained(spec: str, uri: str) -> Trained:
                 local = client.download_artifacts(run_id, path, tmp)
             except (MlflowException, OSError):
                 continue
-            return from_checkpoint(local, source=spec)
+            yield Path(local)
+            return
     raise UserError(f"MLflow run {run_id} has no weights (checkpoints/final.pt or model/); "
                     "it was run with tracking.checkpoint=false or did not finish")
 

@@ -7,6 +7,7 @@ input leaves no run behind; a failure after that ends the run FAILED.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import sys
 from collections.abc import Callable
@@ -17,27 +18,38 @@ import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sr_ablate import UserError, tracking
 from sr_ablate.config.checks import check
 from sr_ablate.config.hashing import config_hash, flatten
+from sr_ablate.config.schema import class_keys
 from sr_ablate.core.evaluate import Evaluator, Protocol, files_sha256, fingerprint, model_channels
 from sr_ablate.data import images, pairs, sampler, sets
-from sr_ablate.training import checkpoint, speed
+from sr_ablate.training import checkpoint, schedules, speed
 from sr_ablate.training.clock import process_start
-from sr_ablate.training.loop import fit
+from sr_ablate.training.ema import EMA, released
+from sr_ablate.training.init import start_from
+from sr_ablate.training.loop import Every, Hooks, fit
 from sr_ablate.training.outputs import complexity_metrics, log_outputs
+from sr_ablate.training.step import Numerics
 from sr_ablate.training.summary import run_line
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def seed_everything(seed: int) -> None:
-    """Python's, NumPy's and torch's generators (CUDA's too): all three are in a checkpoint."""
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Python's, NumPy's and torch's generators (CUDA's too): all three are in a checkpoint.
+    ``deterministic`` (``trainer.deterministic``): only kernels that give the same bits every
+    time (an op without one raises, naming itself), cuDNN's autotuner off."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    if deterministic:  # cuBLAS reads it when it starts: before this process's first matmul
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(deterministic)  # per job: a sweep's jobs differ
+    torch.backends.cudnn.deterministic = deterministic
 
 
 def instantiate_node(node):
@@ -45,7 +57,9 @@ def instantiate_node(node):
     UserError raised inside (e.g. VGG weights missing) passed through as itself instead of
     wrapped in Hydra's InstantiationException."""
     try:
-        return instantiate(node)
+        if isinstance(node, DictConfig):  # resolved first: ${trainer.steps} inside a list
+            node = OmegaConf.to_container(node, resolve=True)  # needs the config's root
+        return instantiate(class_keys(node) if isinstance(node, dict) else node)
     except InstantiationException as e:
         if isinstance(e.__cause__, UserError):
             raise e.__cause__ from None
@@ -115,15 +129,18 @@ class Parts:
     ckpt: Path
     state: dict | None  # the checkpoint resumed from, if any
     speed: speed.Choice  # trainer.precision / channels_last as resolved for this device
+    ema: EMA | None = None  # trainer.ema: the weights' moving average, what the run releases
+    init_tags: dict[str, str] = dataclasses.field(default_factory=dict)  # model.init: loaded what
 
 
 def build_parts(cfg: DictConfig, cwd: str | None) -> Parts:
     """Model, data, evaluation sets, optimiser, loss and the checkpoint to resume, for ``cfg``
     (already checked); raises UserError on bad input, before anything is tracked."""
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed, cfg.trainer.deterministic)
     device = speed.pick_device(cfg.trainer.device)
     t = cfg.trainer
     model = instantiate_node(cfg.model).to(device)
+    init_tags = start_from(cfg, model, cwd)  # model.init; sets model.init_sha256 before hashing
     channels = model_channels(model)
     train_scales = list(t.scales) or [cfg.scale]
     if not model.upsampled_input and train_scales != [cfg.scale]:
@@ -148,7 +165,8 @@ def build_parts(cfg: DictConfig, cwd: str | None) -> Parts:
     if knobs.channels_last:  # before the optimiser: its state takes the parameters' layout
         model = model.to(memory_format=torch.channels_last)
     optimizer = instantiate_node(cfg.optim)(model.parameters())
-    scheduler = instantiate_node(cfg.sched)(optimizer) if cfg.sched.get("_target_") else None
+    schedule = instantiate_node(cfg.sched)(optimizer) if cfg.sched.get("_target_") else None
+    scheduler = schedules.warm_up(optimizer, schedule, cfg.sched)  # sched.warmup_*
     batches = sampler.batches(train_pairs, patch_size=t.patch_size, batch_size=t.batch_size,
                               seed=cfg.seed, device=device)
     if state is not None:
@@ -158,8 +176,9 @@ def build_parts(cfg: DictConfig, cwd: str | None) -> Parts:
     elif cfg.resume:
         print("sr_ablate: resume=true, but this configuration has no checkpoint: starting it",
               file=sys.stderr)
+    ema = EMA(model, t.ema, t.ema_start) if t.ema else None  # its state: in the checkpoint
     return Parts(model, device, evaluators, eval_tags, optimizer, scheduler, loss_fn, batches,
-                 cfg_hash, ckpt, state, knobs)
+                 cfg_hash, ckpt, state, knobs, ema, init_tags=init_tags)
 
 
 def resolve_speed(t, device: torch.device, model, loss_fn, state: dict | None) -> speed.Choice:
@@ -180,11 +199,14 @@ def resolve_speed(t, device: torch.device, model, loss_fn, state: dict | None) -
 def run_tags(cfg: DictConfig, p: Parts, overrides: list[str] | None,
              extra: dict[str, str] | None) -> dict:
     """The tags a run opens with: protocol fingerprint, loss tags, device, model family..."""
-    tags = {**p.eval_tags, **getattr(p.loss_fn, "tags", {}), **p.speed.tags(),
+    tags = {**p.eval_tags, **getattr(p.loss_fn, "tags", {}), **p.speed.tags(), **p.init_tags,
             "overrides": " ".join(overrides or []), "device": str(p.device),
             "torch.threads": torch.get_num_threads(),
             "model.class": type(p.model).__name__,  # the family a report keeps to one table
-            "sr_ablate.config_hash": p.cfg_hash, **(extra or {})}
+            "sr_ablate.config_hash": p.cfg_hash,
+            # the weights evaluated and released: the moving average's (trainer.ema) or raw
+            "sr_ablate.weights": "ema" if p.ema is not None else "raw",
+            "sr_ablate.deterministic": str(cfg.trainer.deterministic).lower(), **(extra or {})}
     if cfg.study:
         tags["sr_ablate.study"] = cfg.study
     return tags
@@ -209,7 +231,8 @@ def run_job(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | N
     uri = tracking.store_uri(cfg.tracking.uri, cwd)
     tracking.reachable(uri)  # before any work: a dead server is found now, not after training
     p = build_parts(cfg, cwd)
-    params = {**(choices or {}), **flatten(cfg)}
+    params = {**(choices or {}), **flatten(cfg),
+              "trainer.effective_batch": cfg.trainer.batch_size * cfg.trainer.accumulate}
     with tracking.run(uri, cfg.tracking.experiment, params=params,
                       tags=run_tags(cfg, p, overrides, tags),
                       name=" ".join(overrides) if overrides else None,
@@ -252,22 +275,22 @@ def _train_tracked(cfg: DictConfig, p: Parts, log: tracking.RunLog, uri: str,
         checkpoint.set_rng_state(state["rng"])
     # compiled for training only: evaluation sees whole images of every size (no recompiles)
     trained = torch.compile(p.model) if t.compile else p.model
-    evaluate = evaluate_all([ev for ev in p.evaluators if not ev.final])
-    final_sets = evaluate_all([ev for ev in p.evaluators if ev.final])
+    score = released(evaluate_all([ev for ev in p.evaluators if not ev.final]), p.model, p.ema)
+    final_sets = released(evaluate_all([ev for ev in p.evaluators if ev.final]), p.model, p.ema)
+    numerics = Numerics(autocast=AUTOCAST[p.speed.precision], grad_clip=t.grad_clip,
+                        clip_mode=t.clip_mode, accumulate=t.accumulate, ema=p.ema)
     with checkpoint.stop_on_signals() as stop_requested:
-        result = fit(trained, p.batches, p.optimizer, steps=t.steps, loss_fn=p.loss_fn,
-                     eval_fn=lambda _: evaluate(p.model), log_fn=log_fn,
-                     eval_every=t.eval_every, log_every=t.log_every, grad_clip=t.grad_clip,
-                     clip_mode=t.clip_mode, scheduler=p.scheduler, device=p.device,
-                     progress=t.progress, on_eval=on_eval, started_at=started_at,
-                     autocast=AUTOCAST[p.speed.precision],
-                     start_step=state["step"] if state else 0,
-                     loop_state=state["loop"] if state else None, checkpoint_fn=save,
-                     checkpoint_every=t.checkpoint_every or t.eval_every,
-                     stop_requested=stop_requested)
+        result = fit(trained, p.batches, p.optimizer, p.loss_fn, steps=t.steps,
+                     numerics=numerics, scheduler=p.scheduler, device=p.device,
+                     every=Every(log=t.log_every, eval=t.eval_every,
+                                 checkpoint=t.checkpoint_every),
+                     # evaluation runs eagerly on whole images, whatever model trains
+                     hooks=Hooks(evaluate=lambda _: score(), log=log_fn, evaluated=on_eval,
+                                 checkpoint=save, stop=stop_requested),
+                     progress=t.progress, resume=state, started_at=started_at)
     if not result:  # resumed after its last step: outputs for the artifacts, not logged
-        result = evaluate(p.model)
-    final = final_sets(p.model)  # eval.final_sets: once, after the last step
+        result = score()
+    final = final_sets()  # eval.final_sets: once, after the last step
     if final:
         log_fn(t.steps, final)
     unsent = log.flush(cfg.tracking.flush_timeout)
@@ -278,5 +301,5 @@ def _train_tracked(cfg: DictConfig, p: Parts, log: tracking.RunLog, uri: str,
                         f"{len(unsent)} metric values are not in MLflow yet; they are kept "
                         f"in {p.ckpt}: once the server is back, run the same command with "
                         "resume=true to send them and end the run")
-    log_outputs(log, cfg, p.model, p.evaluators, t.steps)
+    log_outputs(log, cfg, p.model, p.evaluators, t.steps, p.ema)
     return {**result, **final, **cost}

@@ -1,16 +1,20 @@
-"""The training loop. It knows nothing of Hydra or MLflow: evaluation and logging are callables."""
+"""The training loop. It knows nothing of Hydra or MLflow: a step's numerics are one object
+(``Numerics``), and what happens around the steps (evaluate, log, checkpoint, stop) are the
+few methods of ``Hooks``, called at the cadence of ``Every``."""
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
-LogFn = Callable[[int, dict[str, float]], None]
-EvalFn = Callable[[torch.nn.Module], dict[str, float]]
+from sr_ablate.training.step import Numerics, Step
+
+Metrics = dict[str, float]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -19,22 +23,6 @@ class NonFiniteLoss(RuntimeError):
 
 class Interrupted(KeyboardInterrupt):
     """Training stopped at a step boundary on SIGINT/SIGTERM, after its checkpoint."""
-
-
-def clip_gradients(params, optimizer: torch.optim.Optimizer, value: float | None,
-                   mode: str = "norm") -> None:
-    """Clip gradients: ``norm`` (total L2 norm <= value), ``value`` (each in [-value, value])
-    or ``adjustable`` (VDSR: each in [-value/lr, value/lr] with the current learning rate)."""
-    if not value:
-        return
-    if mode == "norm":
-        torch.nn.utils.clip_grad_norm_(params, value)
-    elif mode == "value":
-        torch.nn.utils.clip_grad_value_(params, value)
-    elif mode == "adjustable":
-        torch.nn.utils.clip_grad_value_(params, value / optimizer.param_groups[0]["lr"])
-    else:
-        raise ValueError(f"clip mode must be norm, value or adjustable, got {mode!r}")
 
 
 class _LossWindow:
@@ -106,80 +94,85 @@ class _Throughput:
         return rate
 
 
-class _Step:
-    """One optimiser step: forward and loss (under autocast), backward, clipping, update
-    (through the fp16 ``GradScaler`` when there is one), scheduler."""
-
-    def __init__(self, model, optimizer, loss_fn, *, device, autocast, grad_clip, clip_mode,
-                 scheduler, loop_state: dict | None):
-        kind = torch.device(device).type
-        self.amp = (torch.autocast(kind, dtype=autocast) if autocast is not None
-                    else nullcontext())
-        self.scaler = torch.amp.GradScaler(kind) if autocast == torch.float16 else None
-        if self.scaler is not None and (loop_state or {}).get("scaler"):
-            self.scaler.load_state_dict(loop_state["scaler"])  # its loss scale, learnt so far
-        self.model, self.optimizer, self.loss_fn, self.device = model, optimizer, loss_fn, device
-        self.grad_clip, self.clip_mode, self.scheduler = grad_clip, clip_mode, scheduler
-
-    def __call__(self, batch: dict) -> torch.Tensor:
-        lq = batch["lq"].to(self.device, non_blocking=True)
-        gt = batch["gt"].to(self.device, non_blocking=True)
-        with self.amp:
-            loss = self.loss_fn(self.model(lq), gt)
-        opt, scaler, params = self.optimizer, self.scaler, self.model.parameters()
-        opt.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-            clip_gradients(params, opt, self.grad_clip, self.clip_mode)
-            opt.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)  # clip the true gradients
-            clip_gradients(params, opt, self.grad_clip, self.clip_mode)
-            scaler.step(opt)
-            scaler.update()
-        if self.scheduler is not None:
-            self.scheduler.step()
-        return loss
+@dataclass
+class Every:
+    """Cadence in optimiser steps: log, evaluate (0: at the end only), checkpoint (0: at
+    every evaluation). The last step always logs, evaluates and checkpoints."""
+    log: int = 10
+    eval: int = 0
+    checkpoint: int = 0
 
 
-def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.Optimizer, *,
-        steps: int, loss_fn: Callable, eval_fn: EvalFn | None = None, log_fn: LogFn | None = None,
-        eval_every: int = 0, log_every: int = 10, grad_clip: float | None = None,
-        clip_mode: str = "norm", scheduler=None, device: str | torch.device = "cpu",
-        progress: bool = True, on_eval: LogFn | None = None,
-        started_at: float | None = None, autocast: torch.dtype | None = None,
-        start_step: int = 0, loop_state: dict | None = None,
-        checkpoint_fn: Callable[[int, dict], None] | None = None, checkpoint_every: int = 0,
-        stop_requested: Callable[[], bool] | None = None) -> dict[str, float]:
+class Hooks:
+    """What happens around the steps: the loop calls these methods, each a callable given
+    here or nothing (a subclass may override them instead). ``evaluate(model)`` -> metrics,
+    every ``Every.eval`` steps and at the end (no evaluation without one); ``log(step,
+    metrics)`` at log steps, with the evaluation's metrics when there was one;
+    ``evaluated(step, metrics)`` after each evaluation may raise to stop training
+    (``sr_ablate.Stopped`` when a trial is pruned); ``checkpoint(step, loop_state)`` at
+    checkpoint steps; ``stop()`` is polled after every step (true: a checkpoint, then
+    ``Interrupted``)."""
+
+    def __init__(self, *, evaluate: Callable[[torch.nn.Module], Metrics] | None = None,
+                 log: Callable[[int, Metrics], None] | None = None,
+                 evaluated: Callable[[int, Metrics], None] | None = None,
+                 checkpoint: Callable[[int, dict], None] | None = None,
+                 stop: Callable[[], bool] | None = None):
+        self._evaluate, self._log, self._evaluated = evaluate, log, evaluated
+        self._checkpoint, self._stop = checkpoint, stop
+
+    @property
+    def evaluates(self) -> bool:
+        return self._evaluate is not None
+
+    def evaluate(self, model: torch.nn.Module) -> Metrics:
+        return self._evaluate(model) if self._evaluate else {}
+
+    def log(self, step: int, metrics: Metrics) -> None:
+        if self._log:
+            self._log(step, metrics)
+
+    def evaluated(self, step: int, metrics: Metrics) -> None:
+        if self._evaluated:
+            self._evaluated(step, metrics)
+
+    def checkpoint(self, step: int, loop_state: dict) -> None:
+        if self._checkpoint:
+            self._checkpoint(step, loop_state)
+
+    def stop_requested(self) -> bool:
+        return bool(self._stop and self._stop())
+
+
+def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.Optimizer,
+        loss_fn: Callable, *, steps: int, numerics: Numerics | None = None,
+        every: Every | None = None, hooks: Hooks | None = None, scheduler=None,
+        device: str | torch.device = "cpu", progress: bool = True,
+        resume: dict | None = None, started_at: float | None = None) -> dict[str, float]:
     """Train ``model`` for ``steps`` optimiser steps on ``batches`` ({"lq", "gt"} in [0, 1]).
 
-    ``scheduler`` (a torch LR scheduler, or None) is stepped after every optimiser step;
-    gradients are clipped by ``clip_gradients(grad_clip, clip_mode)``.
-
-    ``log_fn(step, metrics)`` receives ``train/loss`` (mean over the last ``log_every`` steps),
-    ``train/lr``, ``train/it_per_s`` (the steps since the last log over their training time:
-    evaluation, checkpoints and logging not counted) and, every ``eval_every`` steps and at
-    the end, the output of ``eval_fn(model)``; ``on_eval(step, metrics)`` then sees the same
-    metrics and may stop training by raising (e.g. ``sr_ablate.Stopped`` when a trial is pruned).
+    ``numerics``: how a step computes (precision, clipping, accumulation, EMA: ``Numerics``);
+    ``scheduler`` (a torch LR scheduler, or None) is stepped after every optimiser step.
+    ``every``/``hooks``: what happens around the steps (``Every``, ``Hooks``). Logged metrics:
+    ``train/loss`` (mean over the steps since the last log), ``train/lr``, ``train/it_per_s``
+    (those steps over their training time: evaluation, checkpoints and logging not counted)
+    and, at evaluation steps, ``hooks.evaluate(model)``'s.
     The loss is read back from the device only at log and checkpoint steps (no per-step host
     sync); a NaN or infinite loss then raises ``NonFiniteLoss`` naming the step it happened
     at. The updates between that step and the read have run (on non-finite weights), but
     nothing of them is logged, evaluated or checkpointed.
-    ``autocast``: run forward and loss under ``torch.autocast`` with this dtype (bf16/fp16);
-    fp16 also scales the loss (``GradScaler``) so small gradients do not flush to zero.
     ``started_at`` (a ``time.time()``): the first log also holds ``time/to_first_step_s``,
     the seconds from then to the end of the first step (the job's fixed cost).
-    Checkpoints: ``checkpoint_fn(step, loop_state)`` every ``checkpoint_every`` steps, at
-    the end, and when ``stop_requested()`` turns true (then ``Interrupted`` is raised);
-    ``loop_state`` is the running loss not yet logged and the fp16 ``GradScaler``'s state
-    (its loss scale). ``start_step`` and ``loop_state`` continue a run from such a checkpoint.
+    A checkpoint's ``loop_state`` holds the running loss not yet logged, the fp16
+    ``GradScaler``'s state (its loss scale) and the EMA's weights; ``resume`` ({"step",
+    "loop"} of such a checkpoint) continues from it.
     Returns the last logged value of every metric.
     """
-    log_fn = log_fn or (lambda step, m: None)
+    n, every, hooks = numerics or Numerics(), every or Every(), hooks or Hooks()
+    start_step = resume["step"] if resume else 0
+    loop_state = resume["loop"] if resume else None
     model.to(device).train()
-    train_step = _Step(model, optimizer, loss_fn, device=device, autocast=autocast,
-                       grad_clip=grad_clip, clip_mode=clip_mode, scheduler=scheduler,
+    train_step = Step(model, optimizer, loss_fn, n, device=device, scheduler=scheduler,
                        loop_state=loop_state)
     losses, clock = _LossWindow(device, loop_state), _Throughput(start_step)
     last: dict[str, float] = {}
@@ -188,45 +181,44 @@ def fit(model: torch.nn.Module, batches: Iterator[dict], optimizer: torch.optim.
                unit="it", leave=True)
     with bar:  # closed however training ends (finished, stopped, non-finite loss)
         for step in range(start_step + 1, steps + 1):
-            losses.add(step, train_step(next(batches)))
+            losses.add(step, train_step(batches, step))
             if step == start_step + 1 and started_at is not None:
                 if torch.device(device).type == "cuda":
                     torch.cuda.synchronize(device)  # once: the step has really run
                 first_step = {"time/to_first_step_s": time.time() - started_at}
             bar.update(1)
-            do_eval = eval_fn is not None and (
-                (eval_every and step % eval_every == 0) or step == steps)
-            if do_eval or step % log_every == 0 or step == steps:
+            do_eval = hooks.evaluates and ((every.eval and step % every.eval == 0)
+                                           or step == steps)
+            if do_eval or step % every.log == 0 or step == steps:
                 loss = losses.mean()  # the host waits for the device here: the steps ran
                 metrics = {"train/loss": loss, "train/lr": optimizer.param_groups[0]["lr"],
                            "train/it_per_s": clock.rate(step), **first_step}
                 losses.reset()
                 first_step = {}
                 with clock.paused():
-                    _log(step, metrics, last, bar, log_fn, eval_fn if do_eval else None,
-                         model, on_eval)
-            stop = stop_requested is not None and stop_requested()
-            if checkpoint_fn is not None and (stop or step == steps or (
-                    checkpoint_every and step % checkpoint_every == 0)):
+                    _log(step, metrics, last, bar, hooks, model, do_eval)
+            stop = hooks.stop_requested()
+            cadence = every.checkpoint or every.eval
+            if stop or step == steps or (cadence and step % cadence == 0):
                 state = {"running": losses.checked_sum(), "since": losses.count,
-                         "scaler": train_step.scaler.state_dict() if train_step.scaler else None}
+                         **train_step.state()}
                 with clock.paused():
-                    checkpoint_fn(step, state)
+                    hooks.checkpoint(step, state)
             if stop:
                 raise Interrupted(f"interrupted at step {step} (checkpoint saved)")
     return last
 
 
-def _log(step: int, metrics: dict[str, float], last: dict[str, float], bar, log_fn: LogFn,
-         eval_fn: EvalFn | None, model: torch.nn.Module, on_eval: LogFn | None) -> None:
-    """Evaluate (when ``eval_fn``), log, show on the progress bar and call ``on_eval``."""
-    if eval_fn is not None:
-        metrics.update(eval_fn(model))
-    log_fn(step, metrics)
+def _log(step: int, metrics: dict[str, float], last: dict[str, float], bar, hooks: Hooks,
+         model: torch.nn.Module, do_eval: bool) -> None:
+    """Evaluate (when ``do_eval``), log, show on the progress bar, then ``hooks.evaluated``."""
+    if do_eval:
+        metrics.update(hooks.evaluate(model))
+    hooks.log(step, metrics)
     last.update(metrics)
     post = {"loss": f"{metrics['train/loss']:.4g}"}
     if "val/psnr" in last:
         post["val_psnr"] = f"{last['val/psnr']:.2f}"
     bar.set_postfix(post, refresh=False)
-    if eval_fn is not None and on_eval is not None:
-        on_eval(step, metrics)
+    if do_eval:
+        hooks.evaluated(step, metrics)

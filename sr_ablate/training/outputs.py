@@ -79,11 +79,14 @@ def save_png(img: torch.Tensor, path: Path) -> None:
     Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(path)
 
 
-def log_outputs(log, cfg: DictConfig, model, evaluators: list[Evaluator], steps: int) -> None:
+def log_outputs(log, cfg: DictConfig, model, evaluators: list[Evaluator], steps: int,
+                ema=None) -> None:
     """Artifacts: resolved config, per-image metrics, comparison image (with the PSNR of its
     crops and tags naming it, ``crop_scores``), and (unless
     ``tracking.checkpoint=false``) the final weights, as ``checkpoints/final.pt`` and as the
-    MLflow Model ``model``."""
+    MLflow Model ``model``. With an ``ema`` (``training.ema.EMA``) the released weights are
+    the average's: ``final.pt``'s ``model`` (what every loader takes), the MLflow Model;
+    the raw weights stay in ``final.pt`` as ``model_raw``."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -99,11 +102,15 @@ def log_outputs(log, cfg: DictConfig, model, evaluators: list[Evaluator], steps:
         for name in ("config.yaml", "per_image.csv", "comparison.png"):
             log.log_artifact(tmp / name)
         if cfg.tracking.checkpoint:
-            checkpoint.save_atomic({"model": model.state_dict(), "config": OmegaConf.to_container(
-                cfg, resolve=True), "step": steps}, tmp / "final.pt")
+            out = ema.model if ema is not None else model
+            weights = {"model": out.state_dict(), "config": OmegaConf.to_container(
+                cfg, resolve=True), "step": steps}
+            if ema is not None:
+                weights["model_raw"] = model.state_dict()
+            checkpoint.save_atomic(weights, tmp / "final.pt")
             log.log_artifact(tmp / "final.pt", "checkpoints")
             # the same weights as an MLflow Model: load_model("runs:/<id>/model"), serving
-            log_model(log, tmp / "final.pt", Trained.of(model, cfg.scale, log.run_id))
+            log_model(log, tmp / "final.pt", Trained.of(out, cfg.scale, log.run_id))
 
 
 def complexity_metrics(model, cfg: DictConfig, device) -> tuple[dict[str, float], dict[str, str]]:
