@@ -129,16 +129,19 @@ def test_a_run_with_ema_and_accumulation_resumes_to_the_same_numbers(tmp_path, c
         _history(f"sqlite:///{whole / 'mlflow.db'}", "val/psnr_raw")
 
 
-def test_two_deterministic_runs_with_ema_and_accumulation_match(tmp_path, compose,
-                                                                monkeypatch):
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_two_seeded_runs_with_ema_and_accumulation_match(tmp_path, compose, monkeypatch,
+                                                         deterministic):
+    """On a CPU two runs of one seed already match; trainer.deterministic keeps them so (and
+    is what makes them match on a GPU)."""
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
         monkeypatch.delenv(var, raising=False)
-    args = [*RECIPES, "trainer.deterministic=true"]
+    args = [*RECIPES, f"trainer.deterministic={str(deterministic).lower()}"]
     first, second = tmp_path / "a", tmp_path / "b"
     first.mkdir(), second.mkdir()
     try:
         run_job(compose(args), cwd=str(first))
-        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.are_deterministic_algorithms_enabled() == deterministic
         run_job(compose(args), cwd=str(second))
     finally:
         torch.use_deterministic_algorithms(False)
@@ -147,7 +150,7 @@ def test_two_deterministic_runs_with_ema_and_accumulation_match(tmp_path, compos
             _history(f"sqlite:///{second / 'mlflow.db'}", key), key
     client = MlflowClient(f"sqlite:///{first / 'mlflow.db'}")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert run.data.tags["sr_ablate.deterministic"] == "true"
+    assert run.data.tags["sr_ablate.deterministic"] == str(deterministic).lower()
     assert run.data.tags["sr_ablate.weights"] == "ema"
     assert run.data.params["trainer.effective_batch"] == str(2 * compose(TINY).trainer.batch_size)
 

@@ -139,7 +139,7 @@ def super_resolve(model: torch.nn.Module, lq: torch.Tensor, scale: float,
 
 @dataclass
 class Evaluator:
-    """Callable ``eval_fn(model) -> {"<prefix>/psnr", "<prefix>/ssim", "<prefix>/bicubic_psnr",
+    """Callable ``evaluator(model) -> {"<prefix>/psnr", "<prefix>/ssim", "<prefix>/bicubic_psnr",
     "<prefix>/bicubic_ssim", "<prefix>/seconds"}`` over whole HR images.
 
     ``images``: (name, HR (C, H, W) uint8) pairs, modcropped, C = 3 or 1 (gray).

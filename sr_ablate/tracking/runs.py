@@ -33,7 +33,7 @@ RESUME_TAG = "sr_ablate.resume_command"  # on a KILLED run: the command that con
 
 
 class RunLog:
-    """Logging handle of one open run: ``log_metrics`` is the ``log_fn`` that ``fit`` takes.
+    """Logging handle of one open run: ``log_metrics`` is the ``log`` hook ``fit`` calls.
 
     With a tracking server (http/https), metrics go through an ``Outbox``: a server that
     stops answering mid-run does not stop training, and its metrics are sent once it is
