@@ -223,3 +223,10 @@ def stopped_after(steps: int, run, monkeypatch) -> None:
         m.setattr(checkpoint, "stop_on_signals", stop_after)
         with pytest.raises(Interrupted):
             run()
+
+
+def read_results(path, **kwargs):
+    """A report's results CSV as a reader should load it: run ids as text (a run id such as
+    ``202e6316…`` would otherwise be read as the number 202 × 10^6316 = inf)."""
+    import pandas as pd
+    return pd.read_csv(path, dtype={"run_id": str}, **kwargs)

@@ -7,10 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
-from conftest import MYNET_YAML, REPO, TINY, cli
+from conftest import MYNET_YAML, REPO, TINY, cli, read_results
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -56,7 +55,7 @@ def test_make_report_equals_mlflow_metrics(sweep_dir):
     assert out.returncode == 0, out.stderr
     csv_path = sweep_dir / "reports" / "sr_ablate" / "results.csv"
     md = (sweep_dir / "reports" / "sr_ablate" / "results.md").read_text()
-    table = pd.read_csv(csv_path)
+    table = read_results(csv_path)
     assert list(table["model.blocks"]) == [1, 2]
     for col in ("model/params", "train/loss", "val/psnr", "val/ssim", "val/bicubic_psnr",
                 "val/bicubic_ssim"):

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from sr_ablate import tracking
 from sr_ablate.core.degrade import downscale
 from sr_ablate.report.build import write
-from sr_ablate.training.job import run_job
+from sr_ablate.training.job import instantiate_node, run_job
 
 
 @pytest.fixture(scope="module")
@@ -156,12 +156,10 @@ def test_run_with_area_degradation(store, compose, tmp_path, monkeypatch):
 
 
 def test_tiled_evaluation_scores_like_whole_images(compose):
-    from hydra.utils import instantiate
-
     from sr_ablate.core.evaluate import Evaluator
     from sr_ablate.data import BUILTIN_VAL, builtin_dir, load_eval_images
     torch.manual_seed(0)
-    model = instantiate(compose(["model.blocks=2", "model.channels=8"]).model).eval()
+    model = instantiate_node(compose(["model.blocks=2", "model.channels=8"]).model).eval()
     images = [(n, img[:, :70, :90]) for n, img in
               load_eval_images([builtin_dir() / BUILTIN_VAL[0]], 2)]
     whole = Evaluator(images, 2)(model)

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import cli
+from conftest import cli, read_results
 
 from sr_ablate import UserError
 from sr_ablate.report.build import registration, seeds_command, write
@@ -125,7 +125,7 @@ def test_the_table_shows_the_verdict_not_a_star(tmp_path):
     runs, per_image = study(luck_only(np.random.default_rng(4)))
     table, md = report(tmp_path, runs, per_image)
     tex = (tmp_path / "rep" / "results.tex").read_text()
-    csv = pd.read_csv(tmp_path / "rep" / "results.csv")
+    csv = read_results(tmp_path / "rep" / "results.csv")
     rows = [line for line in md.splitlines() if line.startswith("|")]
     assert not any("*" in line for line in rows) and "*" not in tex  # no star, no bold
     assert "no difference" in tex and "val/verdict" in md
@@ -215,7 +215,7 @@ def test_the_null_case_as_a_real_study(tmp_path):
         assert out.returncode == 0, out.stderr[-3000:]
     out = cli(["null_case", "--baseline", "trainer.log_every=10"], tmp_path, command="report")
     assert out.returncode == 0, out.stderr[-3000:]
-    table = pd.read_csv(tmp_path / "reports" / "null_case" / "results.csv")
+    table = read_results(tmp_path / "reports" / "null_case" / "results.csv")
     assert list(table["n"]) == [3, 3]
     assert (table["val/dpsnr_bicubic"] > 0).all()  # both learned SR
     variant = table[table["trainer.log_every"] == 11].iloc[0]

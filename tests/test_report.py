@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY, cli
+from conftest import TINY, cli, read_results
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -53,7 +53,7 @@ def test_every_file_is_written(reported):
 def test_table_numbers_equal_the_mlflow_metrics(reported):
     from scipy import stats
     cwd, rep = reported
-    table = pd.read_csv(rep / "results.csv")
+    table = read_results(rep / "results.csv")
     client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
     exp = client.get_experiment_by_name("rep")
     runs = [r for r in client.search_runs([exp.experiment_id])
@@ -146,7 +146,7 @@ def test_report_of_one_sweep_by_its_id(reported):
     # named after the experiment (here the study's) and the sweep, not a bare hex id
     assert [p.name for p in (cwd / "by_id").iterdir()] == [f"rep-sweep-{sweep_id}"]
     folder = cwd / "by_id" / f"rep-sweep-{sweep_id}"
-    table = pd.read_csv(folder / "results.csv")
+    table = read_results(folder / "results.csv")
     assert list(table["n"]) == [2, 2]
     assert (folder / "results.md").read_text().startswith(f"# rep-sweep-{sweep_id}\n")
     bad = cli(["no_such_thing"], cwd, command="report")

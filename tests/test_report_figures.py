@@ -11,10 +11,9 @@ import os
 from html import escape as html_escape
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, read_results
 from matplotlib.container import ErrorbarContainer
 from matplotlib.legend import Legend
 from matplotlib.text import Text
@@ -412,7 +411,7 @@ def test_report_records_and_states_how_each_timing_was_taken(reported):
     runs = tracking.runs_frame(f"sqlite:///{cwd / 'mlflow.db'}")
     runs = runs[runs["experiment"] == "rep"].dropna(subset=[timings.MS])
     assert runs[timings.LOAD_COL].between(0, 1).all() and (runs[timings.SPREAD_COL] >= 0).all()
-    table = pd.read_csv(rep / "results.csv")
+    table = read_results(rep / "results.csv")
     page = (rep / "index.html").read_text()
     assert html_escape(timings.RULE) in page
     for _, row in table.iterrows():

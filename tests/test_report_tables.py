@@ -9,10 +9,9 @@ import re
 import shutil
 import subprocess
 
-import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, cli
+from conftest import REPO, cli, read_results
 
 from sr_ablate import tracking
 from sr_ablate.cli.report import main
@@ -39,7 +38,7 @@ def failed_one(tmp_path_factory):
 
 def test_a_failed_variant_is_named_and_its_key_stays_a_column(failed_one):
     cwd, rep = failed_one
-    table = pd.read_csv(rep / "results.csv")
+    table = read_results(rep / "results.csv")
     assert list(table["optim.lr"]) == [0.001] and list(table["baseline"]) == [True]
     md = (rep / "results.md").read_text()
     assert "| optim.lr | n | val/psnr |" in md  # the swept key, though one value finished
@@ -111,7 +110,7 @@ def md_tables(md: str) -> dict[str, list[list[str]]]:
 
 def test_one_compact_table_per_set_with_constants_said_once(worked):
     md = (worked / "results.md").read_text()
-    csv = pd.read_csv(worked / "results.csv")
+    csv = read_results(worked / "results.csv")
     tables = md_tables(md)
     assert list(tables) == ["Variants", "val", "b100", "set14", "set5"]
     for s in ("val", "b100", "set14", "set5"):
@@ -135,7 +134,7 @@ def test_one_compact_table_per_set_with_constants_said_once(worked):
 
 def test_bold_only_where_the_verdicts_say_it_is_the_best(worked):
     md = (worked / "results.md").read_text()
-    csv = pd.read_csv(worked / "results.csv", keep_default_na=False, na_values=[""])
+    csv = read_results(worked / "results.csv", keep_default_na=False, na_values=[""])
     csv = csv.assign(**{c: csv[c].fillna("") for c in csv if c.endswith("/verdict")})
     tables = md_tables(md)
     for s in ("val", "b100", "set14", "set5"):

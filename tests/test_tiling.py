@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from conftest import MODEL_CONFIGS
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 
 from sr_ablate.core.tiling import receptive_radius, tiled_forward
 from sr_ablate.data import builtin_dir, read_image
+from sr_ablate.training.job import instantiate_node
 
 ATOL = 1e-5
 # Shrink the models that have these keys, to keep the file fast.
@@ -25,7 +25,7 @@ def build(compose, overrides: list[str]):
         cfg = compose(overrides + shrink)
     torch.manual_seed(0)
     try:
-        model = instantiate(cfg.model)
+        model = instantiate_node(cfg.model)
     except InstantiationException as e:  # the constructor refused, e.g. an unsupported scale
         if not isinstance(e.__cause__, ValueError):
             raise

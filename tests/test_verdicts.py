@@ -9,7 +9,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import TINY, builtin_images, cli
+from conftest import TINY, builtin_images, cli, read_results
 
 from sr_ablate import tracking
 from sr_ablate.report.build import write
@@ -168,7 +168,7 @@ def test_forced_rerun_replaces_and_two_families_get_two_tables(store, compose, t
     md = (out / "results.md").read_text()
     assert "1 older run(s) of a configuration that was run again" in md
     assert md.count("## Fingerprint") == 2 and "model SRResNet" in md and "model ESPCN" in md
-    second = pd.read_csv(out / "results-2.csv")
+    second = read_results(out / "results-2.csv")
     assert list(first["n"]) == [1] and list(second["n"]) == [1]  # not pooled as 2 seeds
     older, newest = runs[runs["tag:model.class"] == "SRResNet"].sort_values("start_time")["run_id"]
     shown = {*first["run_id"], *second["run_id"]}
@@ -215,7 +215,7 @@ def test_five_images_three_seeds_cannot_reach_significance(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     out = cli(["five"], tmp_path, command="report")
     assert out.returncode == 0, out.stderr[-3000:]
-    table = pd.read_csv(tmp_path / "reports" / "five" / "results.csv")
+    table = read_results(tmp_path / "reports" / "five" / "results.csv")
     assert list(table["n"]) == [3, 3]
     b1 = table[table["variant"] == "b1"].iloc[0]
     assert b1["five/n_images"] == 5

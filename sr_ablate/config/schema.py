@@ -30,6 +30,7 @@ from sr_ablate.config.domain import (
     ListOf,
 )
 from sr_ablate.core.degrade import KERNELS
+from sr_ablate.models import START_KEYS
 from sr_ablate.models.vgg19 import CONV_INDEX
 
 
@@ -281,7 +282,7 @@ ONLY_READ_WHEN: dict[str, tuple[str, tuple, str]] = {
 # Keys of a class-valued group that the composition root (training.job) reads instead of the
 # class: where the model's weights start, and the warm-up every schedule takes.
 # model.init_sha256 is no setting: training.init sets it from the weights model.init names.
-ROOT_READ: dict[str, tuple[str, ...]] = {"model": ("init", "init_strict", "init_sha256"),
+ROOT_READ: dict[str, tuple[str, ...]] = {"model": START_KEYS,
                                          "sched": ("warmup_steps", "warmup_start")}
 _ROOT_KEYS = {k for keys in ROOT_READ.values() for k in keys}
 

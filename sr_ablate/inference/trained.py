@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from sr_ablate import UserError
-from sr_ablate.config.schema import class_keys
 from sr_ablate.core.evaluate import model_channels
+from sr_ablate.models import START_KEYS
 
 
 @dataclass
@@ -58,7 +58,7 @@ def build(node: dict) -> nn.Module:
         raise UserError(f"the model class {target!r} cannot be imported here; install the "
                         "package that defines it (or run from the folder that holds it)"
                         ) from None
-    return cls(**{k: v for k, v in class_keys(node).items() if not k.startswith("_")})
+    return cls(**{k: v for k, v in node.items() if not k.startswith("_") and k not in START_KEYS})
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
