@@ -129,7 +129,7 @@ def test_a_run_with_ema_and_accumulation_resumes_to_the_same_numbers(tmp_path, c
         _history(f"sqlite:///{whole / 'mlflow.db'}", "val/psnr_raw")
 
 
-@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("deterministic", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_two_seeded_runs_with_ema_and_accumulation_match(tmp_path, compose, monkeypatch,
                                                          deterministic):
     """On a CPU two runs of one seed already match; trainer.deterministic keeps them so (and

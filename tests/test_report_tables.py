@@ -196,7 +196,8 @@ def measure(page, tmp_path) -> dict:
 
 @pytest.mark.skipif(not CHROMIUM, reason="needs Debian's chromium (apt-get install chromium; "
                     ".ci/run installs it)")
-@pytest.mark.parametrize("which", ["sweep", "worked example"])
+@pytest.mark.parametrize("which", [pytest.param("sweep", marks=pytest.mark.slow),
+                                   "worked example"])
 def test_the_page_needs_no_sideways_scrolling_at_1400_pixels(which, request, tmp_path):
     page = (request.getfixturevalue("reported")[1] if which == "sweep"
             else request.getfixturevalue("worked")) / "index.html"
