@@ -202,8 +202,9 @@ def test_the_released_weights_are_the_ema_everywhere(tmp_path):
     # the MLflow Model and the upscale command
     img = np.asarray(Image.open(val[0]).convert("RGB"))[:24, :32].copy()
     want = upscale_array(trained, img)
-    mlflow.set_tracking_uri(store)
-    served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").predict(img)
+    # loaded from its folder: setting the tracking URI would leak into later tests' processes
+    folder = client.download_artifacts(run.info.run_id, "model", str(tmp_path / "m"))
+    served = mlflow.pyfunc.load_model(folder).predict(img)
     assert np.array_equal(np.asarray(served), want)
     Image.fromarray(img).save(tmp_path / "in.png")
     up = cli([f"model={run.info.run_id}", "input=in.png", "output=out.png"], tmp_path,
