@@ -102,20 +102,22 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """A real ``mlflow server`` on 127.0.0.1 over a sqlite store in ``folder``; it can be
-    stopped and started again on the same port and store (a server that goes away)."""
+    """A real ``mlflow server`` on 127.0.0.1 over ``backend`` (default: a sqlite store in
+    ``folder``), artifacts proxied into ``folder/server-artifacts``; it can be stopped and
+    started again on the same port and store (a server that goes away)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, backend: str | None = None):
         self.folder, self.port, self.proc = folder, free_port(), None
+        self.backend = backend or f"sqlite:///{folder / 'server.db'}"
+        self.artifacts = folder / "server-artifacts"
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> str:
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
-             str(self.port), "--workers", "1", "--backend-store-uri",
-             f"sqlite:///{self.folder / 'server.db'}",
-             "--artifacts-destination", str(self.folder / "server-artifacts")],
+             str(self.port), "--workers", "1", "--backend-store-uri", self.backend,
+             "--artifacts-destination", str(self.artifacts)],
             cwd=self.folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             start_new_session=True)  # its own process group: stopped with all its workers
         deadline = time.time() + 120
@@ -141,6 +143,28 @@ class MlflowServer:
         except ProcessLookupError:
             pass
         self.proc = None
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server of this test session's (``pgserver.PostgresServer``); skips with
+    the reason when this machine cannot start one."""
+    from pgserver import PostgresServer, missing
+    why = missing()
+    if why:
+        pytest.skip(why)
+    server = PostgresServer()
+    try:
+        yield server.start()
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def pg_url(postgres, request):
+    """A new, empty database on the session's PostgreSQL server, named after the test."""
+    name = "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    return postgres.database(f"{name}_{os.getpid()}_{int(time.time() * 1000) % 10**6}")
 
 
 @pytest.fixture

@@ -309,8 +309,10 @@ def test_valid_edges_pass():
               "eval.tile=0", "seed=4294967295", "model.blocks=1024", "model.channels=64"])
     for uri in ("sqlite:///mlflow.db", "sqlite:////tmp/m.db", "http://127.0.0.1:5000",
                 "https://mlflow.example.org/", "postgresql+psycopg2://u:p@db:5432/mlflow",
-                "mysql://u@db/mlflow", "mssql+pyodbc://u:p@db/mlflow", "databricks://profile"):
+                "postgresql://u@db/mlflow", "databricks://profile"):
         assert DOMAINS["tracking.uri"].problem(uri) is None, uri
+    for uri in ("mysql://u@db/mlflow", "mssql+pyodbc://u:p@db/mlflow"):  # untested: refused
+        assert "not a tracking URI scheme" in DOMAINS["tracking.uri"].problem(uri), uri
 
 
 def test_cluster_jobs_are_not_checked_against_this_machines_devices():

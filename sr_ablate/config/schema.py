@@ -136,11 +136,12 @@ ConfigStore.instance().store(name="schema", node=RootConf)
 # that every key of every shipped config has a domain here.
 LOSS_WEIGHT = Float(0, 1000)
 VGG_LAYERS = Choice(*CONV_INDEX)
-# SQLAlchemy stores MLflow can track to (mysql+pymysql://... counts as mysql), its REST server,
-# and Databricks. Not a path or file:, MLflow's file store: MLflow 3 refuses to open it unless
-# opted in, and sweeps' parallel jobs cannot share it.
-TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
-OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql")  # Optuna's RDB storages
+# The SQLAlchemy stores tested here (sqlite, PostgreSQL: postgresql+psycopg2://... counts as
+# postgresql), MLflow's REST server, and Databricks. Not MySQL or SQL Server: no test runs them
+# and no extra installs their drivers. Not a path or file:, MLflow's file store: MLflow 3
+# refuses to open it unless opted in, and sweeps' parallel jobs cannot share it.
+TRACKING_SCHEMES = ("sqlite", "postgresql", "http", "https", "databricks")
+OPTUNA_SCHEMES = ("sqlite", "postgresql")  # Optuna's RDB storages, as above
 
 DOMAINS: dict[str, Domain] = {
     # data, degradation
@@ -177,8 +178,8 @@ DOMAINS: dict[str, Domain] = {
     # tracking
     "tracking.uri": Domain("str", null=True, schemes=TRACKING_SCHEMES, noun="tracking URI",
                            fix="sqlite:///mlflow.db (a database file), http://host:5000 (a "
-                               "tracking server), postgresql://, mysql://, mssql:// or "
-                               "databricks"),
+                               "tracking server), postgresql://user@host/db (a "
+                               "database; pip install 'sr_ablate[cluster]') or databricks"),
     "tracking.experiment": TEXT,
     "tracking.checkpoint": BOOL,
     "tracking.flush_timeout": Float(0, 1e6),

@@ -10,6 +10,7 @@ import optuna
 import sqlalchemy
 
 from sr_ablate import UserError
+from sr_ablate.config.drivers import check_driver, shown
 
 OPTUNA_KEYS = {"trials", "objectives", "params", "sampler", "pruner", "storage", "seeds",
                "max_failure_rate", "heartbeat"}
@@ -108,13 +109,14 @@ def storage(url: str, heartbeat: int, on_stale=None):
     # optuna 5 renamed failed_trial_callback
     key = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in
            inspect.signature(optuna.storages.RDBStorage).parameters else "failed_trial_callback")
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    # sqlite: wait for another worker's lock; PostgreSQL: a dead host fails in 10 s, not
+    # TCP's minutes, and a connection the server dropped (restart) is replaced, not used
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else \
+        {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    check_driver(url, "sweep.storage")
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
                                           grace_period=2 * heartbeat, **{key: retry})
-    except ImportError as e:
-        raise UserError(f"sweep.storage: the database driver is missing ({e.name}); "
-                        f"pip install it (e.g. psycopg2-binary for postgresql)") from None
     except sqlalchemy.exc.SQLAlchemyError as e:
         first = str(e).splitlines()[0]
         raise UserError(f"sweep.storage: cannot open {redact(url)}: {first}") from None
@@ -123,7 +125,8 @@ def storage(url: str, heartbeat: int, on_stale=None):
 def redact(url: str) -> str:
     """The URL without its password (for logs and MLflow tags); UserError if not a URL."""
     try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+        sqlalchemy.engine.make_url(url)
+        return shown(url)
     except sqlalchemy.exc.ArgumentError:
         raise UserError(f"sweep.storage={url!r} is not a database URL; use e.g. "
                         "sqlite:///optuna.db or postgresql://user:password@host/db") from None

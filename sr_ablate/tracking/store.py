@@ -28,6 +28,7 @@ from mlflow.types.schema import Schema, TensorSpec  # noqa: F401 (for models.py)
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # noqa: F401
 
 from sr_ablate import UserError
+from sr_ablate.config.drivers import check_driver, database_answers
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reports fetch many
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter about table creation
@@ -36,21 +37,26 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 # from the pickle that the installed package does not hold): no warning per run
 logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
 
-def store_uri(uri: str | None, cwd: str | Path | None = None) -> str:
+def store_uri(uri: str | None, cwd: str | Path | None = None, what: str = "tracking.uri") -> str:
     """The tracking URI: ``uri`` if set, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db.
+    A database URL whose driver is missing is refused here (``what``: the key it came from).
 
     The default is absolute, so it does not move when Hydra changes directories.
     """
+    if not uri and os.environ.get("MLFLOW_TRACKING_URI"):
+        uri, what = os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
     if uri:
+        check_driver(uri, what)
         return uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{Path(cwd or os.getcwd()).resolve() / 'mlflow.db'}"
 
 
 def reachable(uri: str, timeout: float = 5.0) -> None:
-    """Raise UserError (one line) when ``uri`` is an http(s) tracking server that does not
-    answer, so a run stops before any work instead of failing after its training."""
+    """Raise UserError (one line) when ``uri`` is an http(s) tracking server or a PostgreSQL
+    store that does not answer, so a run stops before any work instead of failing after its
+    training."""
+    if uri.startswith("postgresql"):
+        return database_answers(uri, "tracking.uri", timeout)
     if not uri.startswith(("http://", "https://")):
         return
     try:

@@ -1,0 +1,62 @@
+"""A database URL is usable only with its driver installed: ``postgresql://`` (an MLflow store
+or an Optuna storage) without it is refused in one line naming the extra, before any work.
+
+SQLAlchemy picks the driver: 2.1 maps plain ``postgresql://`` to psycopg 3, which the
+``cluster`` extra installs; ``postgresql+psycopg2://`` names psycopg2 instead.
+"""
+from __future__ import annotations
+
+import sqlalchemy
+
+from sr_ablate import UserError
+
+# the module SQLAlchemy imports -> the package that provides it
+PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary"}
+EXTRA = "pip install 'sr_ablate[cluster]' (pip install -e '.[cluster]' in a checkout)"
+
+
+def shown(url: str) -> str:
+    """The URL without its password (for messages, logs and MLflow tags)."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
+def check_driver(url: str, what: str) -> None:
+    """UserError (one line) when ``url`` is a PostgreSQL URL whose driver does not import.
+    ``what`` names where the URL came from, e.g. ``tracking.uri`` or ``sweep.storage``."""
+    if not url.lower().startswith("postgresql"):
+        return
+    try:
+        dialect = sqlalchemy.engine.make_url(url).get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise UserError(f"{what}={shown(url)!r} names a driver SQLAlchemy does not know; use "
+                        "postgresql://user:password@host/db (psycopg, from the cluster "
+                        f"extra: {EXTRA})") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        name = (e.name or dialect.driver).split(".")[0]
+        fix = EXTRA if name == "psycopg" else (
+            f"pip install '{PACKAGES.get(name, name)}', or write postgresql:// for psycopg, "
+            f"which the cluster extra installs ({EXTRA})")
+        raise UserError(f"{what}={shown(url)!r} needs the PostgreSQL driver {name}, which is "
+                        f"not installed; {fix}") from None
+
+
+def database_answers(url: str, what: str, timeout: float = 5.0) -> None:
+    """UserError (one line) when the database at ``url`` cannot be opened (no server, wrong
+    password, no such database), so a command stops before any work."""
+    check_driver(url, what)
+    engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": int(timeout)})
+    try:
+        with engine.connect():
+            return
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        first = " ".join(str(e.orig if getattr(e, "orig", None) else e).split())[:300]
+        raise UserError(f"{what}={shown(url)!r}: the database does not answer ({first}); start "
+                        "PostgreSQL and create the database (README: Running on a cluster), or "
+                        "use a sqlite:/// file on one machine") from None
+    finally:
+        engine.dispose()
