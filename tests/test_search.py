@@ -159,12 +159,14 @@ def test_two_workers_share_one_study(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     study = load(tmp_path)
     states = [t.state.name for t in study.trials]
-    # each worker checks before asking; two asking at the same instant may add one trial
-    assert states.count("COMPLETE") in (4, 5) and set(states) == {"COMPLETE"}
+    # two workers asking at the same instant may both get a trial: the later one steps back
+    assert states.count("COMPLETE") == 4, states
+    assert all(t.user_attrs.get("sr_ablate.surplus") for t in study.trials
+               if t.state.name != "COMPLETE")
     workers = {t.user_attrs["sr_ablate.worker"] for t in study.trials}
     assert len(workers) == 2, workers
     _, runs, parents = mlflow_runs(tmp_path)
-    assert len(runs) == len(study.trials) and len(parents) == 1
+    assert len(runs) == 4 and len(parents) == 1
     assert parents[0].info.status == "FINISHED"
 
 

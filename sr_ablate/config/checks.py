@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sr_ablate import UserError
+from sr_ablate.config.drivers import check_driver
 from sr_ablate.config.schema import (  # importing it registers the schema
     DOMAINS,
     EVALUATE_ONLY,
@@ -150,7 +151,8 @@ def check_domains(cfg: DictConfig, targets: tuple[str, ...] = ()) -> None:
 
 
 def check_tracking_uri(cfg: DictConfig) -> None:
-    """$MLFLOW_TRACKING_URI, used when tracking.uri is null, in tracking.uri's domain."""
+    """$MLFLOW_TRACKING_URI, used when tracking.uri is null, in tracking.uri's domain; the
+    database driver of the store and of sweep.storage installed."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if cfg.tracking.uri is None and env:
         domain = DOMAINS["tracking.uri"]
@@ -158,6 +160,11 @@ def check_tracking_uri(cfg: DictConfig) -> None:
         if wrong:
             raise UserError(f"MLFLOW_TRACKING_URI={env!r} (tracking.uri is null) {wrong}; set "
                             f"it or tracking.uri to {domain.describe()}")
+        check_driver(env, "MLFLOW_TRACKING_URI")
+    if cfg.tracking.uri:
+        check_driver(cfg.tracking.uri, "tracking.uri")
+    if cfg.get("sweep") and cfg.sweep.storage:
+        check_driver(cfg.sweep.storage, "sweep.storage")
 
 
 def check_device(device: str) -> None:

@@ -6,6 +6,9 @@ SQLAlchemy picks the driver: 2.1 maps plain ``postgresql://`` to psycopg 3, whic
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import sqlalchemy
 
 from sr_ablate import UserError
@@ -58,5 +61,30 @@ def database_answers(url: str, what: str, timeout: float = 5.0) -> None:
         raise UserError(f"{what}={shown(url)!r}: the database does not answer ({first}); start "
                         "PostgreSQL and create the database (README: Running on a cluster), or "
                         "use a sqlite:/// file on one machine") from None
+    finally:
+        engine.dispose()
+
+
+# pg_advisory_lock's key: any constant that other applications are unlikely to use
+SCHEMA_LOCK = 0x5352_4142  # "SRAB"
+
+
+@contextmanager
+def schema_lock(url: str) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock while MLflow or Optuna creates (or checks) its tables:
+    two workers opening a new database at the same instant would otherwise both create them,
+    and one fails (duplicate key on alembic_version). Nothing for other URLs."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"),
+                             {"k": SCHEMA_LOCK})
     finally:
         engine.dispose()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import warnings
 
 import optuna
 import sqlalchemy
 
 from sr_ablate import UserError
-from sr_ablate.config.drivers import check_driver, shown
+from sr_ablate.config.drivers import check_driver, schema_lock, shown
 
 OPTUNA_KEYS = {"trials", "objectives", "params", "sampler", "pruner", "storage", "seeds",
                "max_failure_rate", "heartbeat"}
@@ -98,8 +99,12 @@ def sampler_for(opt: dict, trial_number: int):
 def storage(url: str, heartbeat: int, on_stale=None):
     """An Optuna RDB storage with heartbeats: a dead worker's trial is failed after two
     missed beats, queued again with the same parameters, and ``on_stale(trial)`` called."""
+    # heartbeats and their retry are "experimental" in Optuna: one warning per worker, no news
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-    retry_cb = optuna.storages.RetryFailedTrialCallback(max_retry=3)
+    # optuna >= 4.9 names it RetryHeartbeatStaleTrialCallback (the old name warns)
+    retry_cb = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback",
+                       getattr(optuna.storages, "RetryFailedTrialCallback", None))(max_retry=3)
 
     def retry(study, trial):
         retry_cb(study, trial)
@@ -115,8 +120,10 @@ def storage(url: str, heartbeat: int, on_stale=None):
         {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
     check_driver(url, "sweep.storage")
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
-                                          grace_period=2 * heartbeat, **{key: retry})
+        with schema_lock(url):
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
+                                              heartbeat_interval=heartbeat,
+                                              grace_period=2 * heartbeat, **{key: retry})
     except sqlalchemy.exc.SQLAlchemyError as e:
         first = str(e).splitlines()[0]
         raise UserError(f"sweep.storage: cannot open {redact(url)}: {first}") from None

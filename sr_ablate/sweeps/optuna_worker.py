@@ -13,7 +13,6 @@ import socket
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import optuna
@@ -79,7 +78,6 @@ class Worker:
     def work(self, study, parent) -> int:
         resources.use_threads()
         rate = self.opt["max_failure_rate"]
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         try:
             while True:
                 optuna.storages.fail_stale_trials(study)  # trials of dead workers: re-queued
@@ -117,8 +115,21 @@ class Worker:
             if t.state.name == "FAIL" and "sr_ablate.error" not in t.user_attrs:
                 study.enqueue_trial(t.params, user_attrs={"sr_ablate.retry_of": t.number})
 
-    def objective(self, trial):
+    def surplus(self, trial) -> bool:
+        """Two workers that check the study at the same instant may both ask for its last
+        trial; the later-numbered one steps back, so the study ends with exactly ``trials``
+        finished ones."""
+        ts = trial.study.get_trials(deepcopy=False)
+        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in ts)
+        ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in ts)
+        return done + ahead >= self.trials
 
+    def objective(self, trial):
+        if self.surplus(trial):  # ends FAIL, not counted as a failure nor as finished
+            trial.set_user_attr("sr_ablate.surplus", True)
+            print(f"trial {trial.number}: not needed, the study's last trials are taken",
+                  file=sys.stderr)
+            return math.nan if len(self.objectives) == 1 else [math.nan] * len(self.objectives)
         trial.study.sampler = sampler_for(self.opt, trial.number)
         self.current = trial.number
         overrides = suggest(trial, self.opt["params"])
@@ -193,8 +204,13 @@ class Worker:
         """Best trial(s) onto the parent run, which ends FINISHED once no trial still runs."""
         ts = study.get_trials(deepcopy=False)
         complete = [t for t in ts if t.state == TrialState.COMPLETE]
-        counts = {s.name.lower(): sum(t.state == s for t in ts)
-                  for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+        fail = [t for t in ts if t.state == TrialState.FAIL]
+        counts = {"complete": len(complete),
+                  "pruned": sum(t.state == TrialState.PRUNED for t in ts),
+                  "fail": sum("sr_ablate.error" in t.user_attrs for t in fail),
+                  # a worker that died or was stopped: the trial was queued again
+                  "requeued": sum("sr_ablate.error" not in t.user_attrs and
+                                  "sr_ablate.surplus" not in t.user_attrs for t in fail)}
         best = study.best_trials if complete else []
         line = ", ".join(f"{n} {k}" for k, n in counts.items())
         print(f"optuna study {self.name}: {line}; best: " + ("; ".join(

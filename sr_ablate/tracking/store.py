@@ -28,7 +28,7 @@ from mlflow.types.schema import Schema, TensorSpec  # noqa: F401 (for models.py)
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # noqa: F401
 
 from sr_ablate import UserError
-from sr_ablate.config.drivers import check_driver, database_answers
+from sr_ablate.config.drivers import check_driver, database_answers, schema_lock
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reports fetch many
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter about table creation
@@ -56,7 +56,10 @@ def reachable(uri: str, timeout: float = 5.0) -> None:
     store that does not answer, so a run stops before any work instead of failing after its
     training."""
     if uri.startswith("postgresql"):
-        return database_answers(uri, "tracking.uri", timeout)
+        database_answers(uri, "tracking.uri", timeout)
+        with schema_lock(uri):  # MLflow creates its tables as this process opens the store
+            MlflowClient(uri).search_experiments(max_results=1)
+        return
     if not uri.startswith(("http://", "https://")):
         return
     try:
