@@ -55,6 +55,9 @@ def test_outage_keeps_then_sends_everything_once(capsys):
     assert box.down_since is not None and server.stored == [0]
     server.up = True
     assert box.flush(10) == [] and server.stored == [0, 1, 2, 3]
+    # its cost: every item counted once, the failed sends of the outage as retries
+    assert box.stats["writes"] == 4 and box.stats["batches"] >= 2
+    assert box.stats["retries"] >= 2 and box.stats["slowest_s"] >= 0
     err = capsys.readouterr().err
     assert err.count("does not answer (connection refused)") == 1  # once per outage
     assert "answers again" in err

@@ -29,6 +29,9 @@ class Outbox:
         self._error: Exception | None = None
         self._closed = False
         self.down_since: float | None = None  # when the server stopped answering
+        # what reaching the server cost: items and batches sent, failed sends retried, the
+        # slowest send that arrived (seconds; MLflow's own HTTP retries are inside it)
+        self.stats = {"writes": 0, "batches": 0, "retries": 0, "slowest_s": 0.0}
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="sr_ablate-outbox", daemon=True)
         self._thread.start()
@@ -74,6 +77,7 @@ class Outbox:
                 if self._closed:
                     return
                 batch = self._items[:self.max_batch]
+            began = time.monotonic()
             try:
                 self._send(batch)
             except Exception as e:
@@ -82,11 +86,16 @@ class Outbox:
                         self._error = e
                         self._cond.notify_all()
                     return
+                self.stats["retries"] += 1
                 self._went_down(e)
                 with self._cond:
                     self._cond.wait(self.retry_s)
                 continue
+            took = time.monotonic() - began
             with self._cond:
+                self.stats["writes"] += len(batch)
+                self.stats["batches"] += 1
+                self.stats["slowest_s"] = max(self.stats["slowest_s"], took)
                 del self._items[:len(batch)]
                 left = len(self._items)
                 self._cond.notify_all()

@@ -30,6 +30,7 @@ from sr_ablate.tracking.store import (
 PARENT_ENV = "SR_ABLATE_PARENT_RUN_ID"
 SWEEP_ENV = "SR_ABLATE_SWEEP_ID"
 RESUME_TAG = "sr_ablate.resume_command"  # on a KILLED run: the command that continues it
+OUTBOX_TAG = "sr_ablate.outbox"  # .writes, .batches, .retries, .slowest_ms: a server's cost
 
 
 class RunLog:
@@ -91,6 +92,17 @@ class RunLog:
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def outbox_tags(self) -> dict[str, str]:
+        """What sending metrics to the server cost this run (``OUTBOX_TAG``.writes, .batches,
+        .retries, .slowest_ms); none without a server."""
+        if self.outbox is None:
+            return {}
+        st = self.outbox.stats
+        return {f"{OUTBOX_TAG}.writes": str(st["writes"]),
+                f"{OUTBOX_TAG}.batches": str(st["batches"]),
+                f"{OUTBOX_TAG}.retries": str(st["retries"]),
+                f"{OUTBOX_TAG}.slowest_ms": f"{st['slowest_s'] * 1000:.1f}"}
 
 
 @contextmanager
@@ -191,6 +203,8 @@ def _ending(client: MlflowClient, log: RunLog) -> Iterator[RunLog]:
         except Exception as e:  # the server refused metrics: the run is not complete
             end("sr_ablate.error", f"{type(e).__name__}: {e}", "FAILED")
             raise
+        if log.outbox is not None:
+            log.set_tags(log.outbox_tags())
         client.set_terminated(run_id, "FINISHED")
     finally:
         if log.outbox is not None:

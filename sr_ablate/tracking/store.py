@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -51,10 +52,11 @@ def store_uri(uri: str | None, cwd: str | Path | None = None, what: str = "track
     return f"sqlite:///{Path(cwd or os.getcwd()).resolve() / 'mlflow.db'}"
 
 
-def reachable(uri: str, timeout: float = 5.0) -> None:
+def reachable(uri: str, timeout: float = 5.0, patience: float = 0.0) -> None:
     """Raise UserError (one line) when ``uri`` is an http(s) tracking server or a PostgreSQL
     store that does not answer, so a run stops before any work instead of failing after its
-    training."""
+    training. ``patience``: seconds to keep asking a server that does not answer (a sweep's
+    job: the server answered when the sweep started, and may be restarting)."""
     if uri.startswith("postgresql"):
         database_answers(uri, "tracking.uri", timeout)
         with schema_lock(uri):  # MLflow creates its tables as this process opens the store
@@ -62,16 +64,26 @@ def reachable(uri: str, timeout: float = 5.0) -> None:
         return
     if not uri.startswith(("http://", "https://")):
         return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
-            return
-    except urllib.error.HTTPError:
-        return  # something answered (a proxy asking for a login, no /health route): reachable
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise UserError(f"MLflow tracking server {uri} does not answer ({reason}); start it "
-                        "(mlflow server --host 127.0.0.1 --port 5000) or set "
-                        "tracking.uri=sqlite:///mlflow.db") from None
+    end, said = time.monotonic() + patience, False
+    while True:
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+                break
+        except urllib.error.HTTPError:
+            break  # something answered (a proxy asking for a login, no /health route)
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            if time.monotonic() >= end:
+                raise UserError(f"MLflow tracking server {uri} does not answer ({reason}); "
+                                "start it (mlflow server --host 127.0.0.1 --port 5000) or set "
+                                "tracking.uri=sqlite:///mlflow.db") from None
+            if not said:
+                print(f"sr_ablate: tracking server {uri} does not answer ({reason}); this "
+                      f"sweep job waits up to {patience:.0f} s for it", file=sys.stderr)
+                said = True
+            time.sleep(2)
+    if said:
+        print(f"sr_ablate: tracking server {uri} answers again", file=sys.stderr)
 
 
 class _Retrying:

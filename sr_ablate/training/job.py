@@ -35,6 +35,10 @@ from sr_ablate.training.outputs import complexity_metrics, log_outputs
 from sr_ablate.training.step import Numerics
 from sr_ablate.training.summary import run_line
 
+# seconds a sweep's job waits for a tracking server that does not answer (it did when the
+# sweep started: a restart, not a wrong address)
+SWEEP_JOB_PATIENCE = 120
+
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -229,7 +233,10 @@ def run_job(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | N
     started_at = process_start() if started_at is None else started_at
     check(cfg)
     uri = tracking.store_uri(cfg.tracking.uri, cwd)
-    tracking.reachable(uri)  # before any work: a dead server is found now, not after training
+    # before any work: a dead server is found now, not after training; a sweep's job waits
+    # for a server that answered when the sweep started (e.g. one being restarted)
+    tracking.reachable(uri, patience=SWEEP_JOB_PATIENCE if os.environ.get(tracking.PARENT_ENV)
+                       else 0)
     p = build_parts(cfg, cwd)
     params = {**(choices or {}), **flatten(cfg),
               "trainer.effective_batch": cfg.trainer.batch_size * cfg.trainer.accumulate}
