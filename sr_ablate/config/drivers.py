@@ -49,8 +49,11 @@ def check_driver(url: str, what: str) -> None:
 
 
 def database_answers(url: str, what: str, timeout: float = 5.0) -> None:
-    """UserError (one line) when the database at ``url`` cannot be opened (no server, wrong
-    password, no such database), so a command stops before any work."""
+    """UserError (one line) when the PostgreSQL database at ``url`` cannot be opened (no
+    driver, no server, wrong password, no such database), so a command stops before any
+    work. Nothing for other URLs (a sqlite file is opened by whoever uses it)."""
+    if not url.startswith("postgresql"):
+        return
     check_driver(url, what)
     engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": int(timeout)})
     try:

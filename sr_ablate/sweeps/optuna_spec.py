@@ -11,7 +11,7 @@ import optuna
 import sqlalchemy
 
 from sr_ablate import UserError
-from sr_ablate.config.drivers import check_driver, schema_lock, shown
+from sr_ablate.config.drivers import database_answers, schema_lock, shown
 
 OPTUNA_KEYS = {"trials", "objectives", "params", "sampler", "pruner", "storage", "seeds",
                "max_failure_rate", "heartbeat"}
@@ -118,7 +118,7 @@ def storage(url: str, heartbeat: int, on_stale=None):
     # TCP's minutes, and a connection the server dropped (restart) is replaced, not used
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else \
         {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
-    check_driver(url, "sweep.storage")
+    database_answers(url, "sweep.storage")
     try:
         with schema_lock(url):
             return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
