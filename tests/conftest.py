@@ -163,7 +163,7 @@ def postgres():
 @pytest.fixture
 def pg_url(postgres, request):
     """A new, empty database on the session's PostgreSQL server, named after the test."""
-    name = "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    name = "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:40]
     return postgres.database(f"{name}_{os.getpid()}_{int(time.time() * 1000) % 10**6}")
 
 

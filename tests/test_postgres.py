@@ -92,23 +92,34 @@ def test_a_run_tracks_straight_into_postgresql(tmp_path, pg_url):
     assert run.data.params["model.blocks"] == "1"
 
 
+def test_passwords_are_not_stored_in_mlflow():
+    from sr_ablate.config.drivers import hide_passwords
+    assert hide_passwords("python -m sr_ablate sweep.storage=postgresql://u:s3cr%40t@db:5432/o "
+                          "tracking.uri=http://me:pw@head:5000 seed=1") == (
+        "python -m sr_ablate sweep.storage=postgresql://u:***@db:5432/o "
+        "tracking.uri=http://me:***@head:5000 seed=1")
+    for text in ("sqlite:////tmp/a.db", "postgresql://u@db/o", "model.channels=8"):
+        assert hide_passwords(text) == text
+
+
 def trials(storage: str):
     return optuna.load_study(study_name="pg", storage=storage).trials
 
 
 @pytest.mark.slow
-def test_two_workers_on_postgresql_one_killed_mid_trial(tmp_path, postgres):
+def test_two_workers_on_postgresql_one_killed_mid_trial(tmp_path, postgres, pg_server):
     """Two workers started on their own (as on two nodes) share a study in PostgreSQL and
-    track into PostgreSQL; one is SIGKILLed while its trial runs. Its trial goes stale, is
-    queued again with the same parameters, and the other worker finishes it (resuming the
-    killed run from its checkpoint): exactly the requested trials finish, no run stays
-    RUNNING."""
+    track through ``mlflow server`` over PostgreSQL; one is SIGKILLed while its trial runs.
+    Its trial goes stale, is queued again with the same parameters, and the other worker
+    finishes it (resuming the killed run from its checkpoint): exactly the requested trials
+    finish, no run stays RUNNING."""
+    server, _ = pg_server
     started = time.perf_counter()
-    storage, store = postgres.database("optuna_kill"), postgres.database("mlflow_kill")
+    storage = postgres.database("optuna_kill")
     args = [sys.executable, "-m", "sr_ablate", optuna_file(tmp_path, trials=4),
-            f"sweep.storage={storage}", f"tracking.uri={store}", "trainer.steps=40",
-            "trainer.eval_every=20", "trainer.checkpoint_every=5"]
-    env = {**user_env(), "OMP_NUM_THREADS": "1"}
+            f"sweep.storage={storage}", "trainer.steps=40", "trainer.eval_every=20",
+            "trainer.checkpoint_every=5"]
+    env = {**user_env(), "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": server.url}
     logs = [open(tmp_path / f"worker{i}.log", "w") for i in range(2)]
     workers = [subprocess.Popen(args, cwd=tmp_path, env=env, stderr=log) for log in logs]
     try:
@@ -135,11 +146,14 @@ def test_two_workers_on_postgresql_one_killed_mid_trial(tmp_path, postgres):
     assert {t.user_attrs["sr_ablate.worker"].rpartition(":")[2] for t in finished} <= {
         str(victim.pid), str(survivor.pid)}
 
-    client = MlflowClient(store)
+    client = MlflowClient(server.url)
     runs = client.search_runs([client.get_experiment_by_name("pg").experiment_id])
     assert [r.info.status for r in runs if r.info.status not in ("FINISHED", "KILLED")] == []
     (parent,) = [r for r in runs if r.data.tags.get("sr_ablate.role") == "sweep"]
     assert parent.info.status == "FINISHED"
+    hidden = storage.replace(f":{postgres.password}@", ":***@")
+    assert parent.data.tags["optuna.storage"] == hidden  # no password stored in MLflow
+    assert {r.data.params["sweep.storage"] for r in runs if r is not parent} == {hidden}
     # the killed trial's run was resumed by the retry and finished, each evaluation once
     (killed_run,) = victim_trial.user_attrs["mlflow_run_ids"]
     assert retry.user_attrs["mlflow_run_ids"] == [killed_run]

@@ -13,6 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from sr_ablate.config.drivers import hide_passwords
 from sr_ablate.config.hashing import config_hash
 from sr_ablate.training import checkpoint
 
@@ -54,7 +55,7 @@ def tag_run(uri: str, run_id: str) -> None:
     if not command:
         return
     try:
-        tracking.annotate(uri, run_id, tags={tracking.RESUME_TAG: command})
+        tracking.annotate(uri, run_id, tags={tracking.RESUME_TAG: hide_passwords(command)})
     except Exception:  # e.g. the server is down: the terminal's last line says it all the same
         pass
 

@@ -6,6 +6,7 @@ SQLAlchemy picks the driver: 2.1 maps plain ``postgresql://`` to psycopg 3, whic
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,6 +17,15 @@ from sr_ablate import UserError
 # the module SQLAlchemy imports -> the package that provides it
 PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary"}
 EXTRA = "pip install 'sr_ablate[cluster]' (pip install -e '.[cluster]' in a checkout)"
+
+
+_PASSWORD = re.compile(r"([A-Za-z][\w+.-]*://[^:/@\s'\"]+:)([^@\s'\"]+)(@)")
+
+
+def hide_passwords(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ***, for what is stored in
+    MLflow (params, tags): ``sweep.storage=postgresql://u:secret@h/db`` -> ``...u:***@h/db``."""
+    return _PASSWORD.sub(r"\1***\3", text)
 
 
 def shown(url: str) -> str:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sr_ablate import UserError, tracking
 from sr_ablate.config.checks import check
+from sr_ablate.config.drivers import hide_passwords
 from sr_ablate.config.hashing import config_hash, flatten
 from sr_ablate.config.schema import class_keys
 from sr_ablate.core.evaluate import Evaluator, Protocol, files_sha256, fingerprint, model_channels
@@ -240,6 +241,7 @@ def run_job(cfg: DictConfig, *, cwd: str | None = None, overrides: list[str] | N
     p = build_parts(cfg, cwd)
     params = {**(choices or {}), **flatten(cfg),
               "trainer.effective_batch": cfg.trainer.batch_size * cfg.trainer.accumulate}
+    params = {k: hide_passwords(v) if isinstance(v, str) else v for k, v in params.items()}
     with tracking.run(uri, cfg.tracking.experiment, params=params,
                       tags=run_tags(cfg, p, overrides, tags),
                       name=" ".join(overrides) if overrides else None,
