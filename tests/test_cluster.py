@@ -11,6 +11,7 @@ pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
                     reason="needs hydra-submitit-launcher (pip install -e '.[cluster]')")
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_submitit_local_sweep_lands_under_one_parent(tmp_path):
     tiny = [a for a in TINY if not a.startswith("model.blocks")]
     out = cli(["-m", "hydra/launcher=submitit_local", "model.blocks=1,2", *tiny,

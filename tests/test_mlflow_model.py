@@ -121,6 +121,7 @@ def two_runs(tmp_path_factory):
     return cwd, {r.data.params["model.blocks"]: r for r in runs}
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_report_registers_the_best_run_and_upscale_and_evaluate_use_the_alias(two_runs):
     cwd, runs = two_runs
     best = max(runs.values(), key=lambda r: r.data.metrics["val/psnr"])

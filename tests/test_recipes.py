@@ -165,6 +165,7 @@ def test_the_ema_is_an_independent_copy():
     assert all(torch.equal(before[k], v) for k, v in ema.model.state_dict().items())
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_the_released_weights_are_the_ema_everywhere(tmp_path):
     """trainer.ema on: the run's evaluation, final.pt's model (what every loader takes), the
     MLflow Model and upscale are the average's weights; the raw ones stay in final.pt and

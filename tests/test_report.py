@@ -137,6 +137,7 @@ def test_html_opens_in_headless_chromium_with_table_and_plot(reported, tmp_path)
     assert blue[400:].sum() > 500
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_report_of_one_sweep_by_its_id(reported):
     cwd, _ = reported
     runs = tracking.runs_frame(f"sqlite:///{cwd / 'mlflow.db'}")

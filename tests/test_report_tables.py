@@ -59,6 +59,7 @@ def test_a_failed_variant_is_named_and_its_key_stays_a_column(failed_one):
     assert missing in again.splitlines()
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_a_baseline_that_failed_or_was_never_asked_for_is_said_so(failed_one):
     cwd, _ = failed_one
     out = cli(["lr", "--baseline", "optim.lr=1e3", "--out", str(cwd / "b1")], cwd,

@@ -77,6 +77,7 @@ def test_bad_optuna_sweep_is_one_line_and_no_run(tmp_path, extra, message):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_pruned_trials_stop_early_and_are_marked(tmp_path):
     # a threshold no PSNR reaches: every trial is pruned at its first evaluation (step 2 of 4)
     out = cli([sweep_file(tmp_path, pruner={"name": "threshold", "lower": 1000.0})], tmp_path)
@@ -95,6 +96,7 @@ def test_pruned_trials_stop_early_and_are_marked(tmp_path):
     assert parents[0].info.status == "FINISHED"
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_trial_and_run_point_at_each_other_and_parent_holds_the_best(tmp_path):
     out = cli([sweep_file(tmp_path)], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]

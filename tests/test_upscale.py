@@ -214,6 +214,7 @@ def test_a_model_without_a_finite_radius_is_refused_in_one_line():
     assert upscale_array(trained, img, tile=16, overlap=4).shape == (80, 80, 3)
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_a_folder_goes_on_past_a_bad_file_and_never_overwrites(trained_run, tmp_path):
     src, dst = tmp_path / "in", tmp_path / "out"
     src.mkdir()

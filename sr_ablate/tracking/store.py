@@ -29,7 +29,6 @@ from mlflow.types.schema import Schema, TensorSpec  # noqa: F401 (for models.py)
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # noqa: F401
 
 from sr_ablate import UserError
-from sr_ablate.config.drivers import check_driver, database_answers, schema_lock
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reports fetch many
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter about table creation
@@ -44,6 +43,7 @@ def store_uri(uri: str | None, cwd: str | Path | None = None, what: str = "track
 
     The default is absolute, so it does not move when Hydra changes directories.
     """
+    from sr_ablate.config.drivers import check_driver  # not on a loaded model's path
     if not uri and os.environ.get("MLFLOW_TRACKING_URI"):
         uri, what = os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
     if uri:
@@ -58,6 +58,7 @@ def reachable(uri: str, timeout: float = 5.0, patience: float = 0.0) -> None:
     training. ``patience``: seconds to keep asking a server that does not answer (a sweep's
     job: the server answered when the sweep started, and may be restarting)."""
     if uri.startswith("postgresql"):
+        from sr_ablate.config.drivers import database_answers, schema_lock
         database_answers(uri, "tracking.uri", timeout)
         with schema_lock(uri):  # MLflow creates its tables as this process opens the store
             MlflowClient(uri).search_experiments(max_results=1)
