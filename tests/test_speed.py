@@ -306,6 +306,51 @@ def test_a_damaged_or_unwritable_cache_is_measured_again(monkeypatch, tmp_path, 
     assert "not cached" in capsys.readouterr().err
 
 
+def test_a_cache_entry_missing_a_figure_or_of_another_probe_is_measured_again(monkeypatch,
+                                                                             tmp_path, capsys):
+    """The entry that once made `auto` say "a bf16 step measured only 0.00x fp32": fp32
+    figures only, on a CPU with native bf16. It is measured again, as is a complete entry of
+    another probe version; a complete entry of this version is read as it is."""
+    monkeypatch.setattr(speed, "cpu_flags", lambda cpuinfo=None: {"avx512f", "avx512_bf16"})
+    cpu = torch.device("cpu")
+    key = speed.machine_key(cpu)
+    full = {"fp32": 2.0, "fp32+channels_last": 2.1, "bf16": 3.0, "bf16+channels_last": 3.1}
+    fresh = {"fp32": 1.0, "fp32+channels_last": 1.0, "bf16": 5.0, "bf16+channels_last": 5.0}
+    calls = []
+    monkeypatch.setattr(speed, "measure", lambda device: calls.append(1) or dict(fresh))
+    for entry, measured_again in [
+        ({"it_per_s": {"fp32": 2.0, "fp32+channels_last": 2.1}, "probe_version": 2}, True),
+        ({"it_per_s": full}, True),  # written before probe versions
+        ({"it_per_s": full, "probe_version": speed.PROBE_VERSION - 1}, True),
+        ({"it_per_s": {**full, "bf16": 0.0}, "probe_version": speed.PROBE_VERSION}, True),
+        ({"it_per_s": full, "probe_version": speed.PROBE_VERSION}, False),
+    ]:
+        (tmp_path / "speed.json").write_text(json.dumps({key: entry}))
+        fresh_cache(monkeypatch, tmp_path)
+        calls.clear()
+        its = speed.measured(cpu)["it_per_s"]
+        assert bool(calls) == measured_again, entry
+        assert its == (fresh if measured_again else full)
+        saved = json.loads((tmp_path / "speed.json").read_text())[key]
+        assert saved["probe_version"] == speed.PROBE_VERSION and saved["it_per_s"] == its
+        c = speed.choose("auto", "auto", cpu, SRResNet())
+        assert "0.00x" not in c.why_precision
+
+
+def test_bf16_proven_on_the_cpu_is_not_claimed_on_a_gpu(monkeypatch):
+    """SRResNet's bf16 quality was measured with CPU autocast: on CUDA, `auto` stays fp32 and
+    says what it would have relied on; it never tags CUDA bf16 "measured equal"."""
+    assert speed.not_proven(SRResNet(), None, torch.device("cpu")) is None
+    why = speed.not_proven(SRResNet(), None, torch.device("cuda"))
+    assert why == ("bf16 quality of SRResNet was measured with CPU autocast, not on cuda: fp32 "
+                   "until it is measured there (trainer.precision=bf16 uses it anyway)")
+    monkeypatch.setattr(speed, "native_bf16", lambda device: "compute capability 9.0 has bf16 "
+                        "tensor cores" if device.type == "cuda" else None)
+    monkeypatch.setattr(speed, "measured", lambda device: pytest.fail("measured"))
+    c = speed.choose("auto", False, torch.device("cuda"), SRResNet())
+    assert c.precision == "fp32" and c.why_precision == f"auto: {why} (docs/precision.md)"
+
+
 def test_explicit_settings_are_used_as_given_without_measuring(monkeypatch, tmp_path):
     fresh_cache(monkeypatch, tmp_path)
     monkeypatch.setattr(speed, "measure", lambda *a, **k: pytest.fail("measured"))

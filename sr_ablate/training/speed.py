@@ -33,13 +33,18 @@ CACHE_ENV = "SR_ABLATE_CACHE"
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 # Model classes whose bf16-autocast training (fp32 master weights) was measured against fp32
 # at trainer=cpu: final PSNR on Set5 and Set14 within 0.05 dB, mean of 2 seeds
-# (docs/precision.md). A class is added here only with such a measurement.
-BF16_PROVEN = ("SRResNet",)
+# (docs/precision.md), and the device kinds the measurement ran on. Autocast is another code
+# path on another kind (CUDA's bf16 kernels and reductions are not oneDNN's): there `auto`
+# stays fp32 until it is measured there too. A class or kind is added only with a measurement.
+BF16_PROVEN = {"SRResNet": ("cpu",)}
 # A knob is taken when its measured step is at least this much faster: the probe's rounds
 # vary by a few per cent on a shared machine, so a smaller gain may be noise.
 FASTER = {"precision": 1.10, "channels_last": 1.03}
 PROBE = ("a 2-block SRResNet x2 training step (Adam), batch 16 x 24² LR patches (CPU) or "
          "16 x 64² (CUDA)")
+# Raised whenever the probe or the figures a decision reads change: a cached entry of
+# another version is measured again, never read as if it held today's figures.
+PROBE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -165,13 +170,35 @@ def _its(step, n: int, device: torch.device) -> float:
     return n / (time.perf_counter() - t)
 
 
+def _variants(device: torch.device) -> list[tuple[str, bool]]:
+    """(precision, channels_last) pairs the probe measures on ``device``."""
+    variants = [("fp32", False), ("fp32", True)]
+    if native_bf16(device):
+        variants += [("bf16", False), ("bf16", True)]
+    return variants
+
+
+def _name(precision: str, channels_last: bool) -> str:
+    return precision + ("+channels_last" if channels_last else "")
+
+
+def usable(entry, device: torch.device) -> bool:
+    """A cached entry is used only when the same probe version measured every figure a
+    decision on ``device`` reads (an older entry with fp32 figures only once made ``auto``
+    say "a bf16 step measured only 0.00x fp32")."""
+    if not isinstance(entry, dict) or entry.get("probe_version") != PROBE_VERSION:
+        return False
+    its = entry.get("it_per_s")
+    return isinstance(its, dict) and all(
+        isinstance(its.get(_name(*v)), (int, float)) and its[_name(*v)] > 0
+        for v in _variants(device))
+
+
 def measure(device: torch.device, rounds: int = 3, seconds: float = 0.3) -> dict[str, float]:
     """Steps per second of the probe (``PROBE``) for fp32 and channels-last, and bf16 (both
     layouts) where the device runs it natively; best of ``rounds`` alternating rounds of
     about ``seconds`` each, so that drift of the machine hits every variant alike."""
-    variants = [("fp32", False), ("fp32", True)]
-    if native_bf16(device):
-        variants += [("bf16", False), ("bf16", True)]
+    variants = _variants(device)
     steps = {v: _probe_step(device, *v) for v in variants}
     for step in steps.values():
         step()  # kernel selection, allocator
@@ -180,7 +207,7 @@ def measure(device: torch.device, rounds: int = 3, seconds: float = 0.3) -> dict
     for _ in range(rounds):
         for v, step in steps.items():
             best[v] = max(best[v], _its(step, n, device))
-    return {p + ("+channels_last" if cl else ""): round(r, 3) for (p, cl), r in best.items()}
+    return {_name(p, cl): round(r, 3) for (p, cl), r in best.items()}
 
 
 def cache_path() -> Path:
@@ -211,7 +238,7 @@ def measured(device: torch.device) -> dict:
         fcntl.flock(lock, fcntl.LOCK_EX)
         cache = _read(path)
         entry = cache.get(key)
-        if entry is None or not isinstance(entry.get("it_per_s"), dict):
+        if not usable(entry, device):  # none, damaged, another probe version, or incomplete
             entry = _new_entry(device, f"kept in {path}")
             cache[key] = entry
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -225,7 +252,7 @@ def measured(device: torch.device) -> dict:
 def _new_entry(device: torch.device, where: str) -> dict:
     print(f"sr_ablate: measuring the speed settings on this machine (about 10 s, once; "
           f"{where})", file=sys.stderr, flush=True)
-    return {"it_per_s": measure(device), "probe": PROBE,
+    return {"it_per_s": measure(device), "probe": PROBE, "probe_version": PROBE_VERSION,
             "measured": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
@@ -237,14 +264,20 @@ def _read(path: Path) -> dict:
     return cache if isinstance(cache, dict) else {}
 
 
-def not_proven(model: torch.nn.Module, loss_fn: torch.nn.Module | None) -> str | None:
-    """Why bf16 training is not known to keep this run's results, or None when it is."""
-    name = type(model).__name__
+def not_proven(model: torch.nn.Module, loss_fn: torch.nn.Module | None,
+               device: torch.device | None = None) -> str | None:
+    """Why bf16 training is not known to keep this run's results on ``device`` (default: the
+    CPU), or None when it is."""
+    name, kind = type(model).__name__, (device or torch.device("cpu")).type
     if name not in BF16_PROVEN:
         return f"bf16 training of {name} has not been measured against fp32"
     if loss_fn is not None and any(True for _ in loss_fn.parameters()):
         return "bf16 training with a network in the loss (VGG) has not been measured " \
                "against fp32"
+    if kind not in BF16_PROVEN[name]:
+        kinds = " and ".join(k.upper() if k == "cpu" else k for k in BF16_PROVEN[name])
+        return (f"bf16 quality of {name} was measured with {kinds} autocast, not on {kind}: "
+                "fp32 until it is measured there (trainer.precision=bf16 uses it anyway)")
     return None
 
 
@@ -280,7 +313,7 @@ def _auto_precision(device, model, loss_fn, rates) -> tuple[str, str]:
     native = native_bf16(device)
     if native is None:
         return "fp32", f"auto: no native bf16 on this {device.type} device"
-    unproven = not_proven(model, loss_fn)
+    unproven = not_proven(model, loss_fn, device)
     if unproven:
         return "fp32", f"auto: {unproven} (docs/precision.md)"
     its = rates()
@@ -290,7 +323,8 @@ def _auto_precision(device, model, loss_fn, rates) -> tuple[str, str]:
     if ratio < FASTER["precision"]:
         return "fp32", f"auto: {native}, but a bf16 step measured only {ratio:.2f}x fp32 here"
     return "bf16", (f"auto: {native}; a bf16 step measured {ratio:.2f}x as fast as fp32 here, "
-                    "and bf16 training measured equal to fp32 in quality (docs/precision.md)")
+                    f"and bf16 training measured equal to fp32 in quality on {device.type} "
+                    "(docs/precision.md)")
 
 
 _said: set[str] = set()
