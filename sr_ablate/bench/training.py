@@ -49,8 +49,10 @@ class Setup:
 
 
 def setup(name: str, overrides: list[str], batch: int, patch: int, *, scale: int = 2,
-          device: str = "cpu", channels_last: bool = False) -> Setup:
-    """Compose ``overrides`` with Hydra and build what ``run`` would build for them."""
+          device: str = "cpu", channels_last: bool = False, on_device: bool = False) -> Setup:
+    """Compose ``overrides`` with Hydra and build what ``run`` would build for them.
+    ``on_device`` (``data.on_device``): patches cut on the device instead of on the host
+    and copied over each step (the same batches: compare their ``full_its``)."""
 
     cfg = validation.compose([*overrides, f"scale={scale}", "data=builtin"])
     torch.manual_seed(0)
@@ -64,7 +66,8 @@ def setup(name: str, overrides: list[str], batch: int, patch: int, *, scale: int
                                 patch_size=patch,
                                 color="y" if model_channels(model) == 1 else "rgb",
                                 upsampled=model.upsampled_input)
-    batches = data.batches(pairs, patch_size=patch, batch_size=batch, seed=0, device=device)
+    batches = data.batches(pairs, patch_size=patch, batch_size=batch, seed=0, device=device,
+                           on_device=on_device)
     pool = [(b["lq"], b["gt"]) for b in (next(batches) for _ in range(8))]
     return Setup(name, model, optimizer, loss_fn, batches, pool, cfg.optim.lr, device)
 

@@ -31,13 +31,14 @@ def flatten(cfg: DictConfig | dict, prefix: str = "", private: bool = False) -> 
 
 
 # Settings that say where or how a run is launched and shown, not what it computes.
+# data.on_device: where patches are cut, the same batches either way (data.resident)
 NOT_HASHED = ("resume", "tracking.", "sweep.", "trainer.progress", "trainer.device", "eval.format",
-              "eval.data")
+              "eval.data", "data.on_device")
 
 
 # Params that differ between runs without being a design choice.
 NOT_FACTORS = {"tracking.uri", "tracking.experiment", "trainer.progress", "trainer.device",
-               "sweep.force", "sweep.trials", "sweep.storage", "sweep.workers",
+               "sweep.force", "sweep.trials", "sweep.storage", "sweep.workers", "data.on_device",
                "trainer.effective_batch"}  # batch_size x accumulate: the swept keys are those
 # Params swept to repeat a configuration, not to compare designs: their runs are pooled.
 REPEATS = ("seed",)

@@ -41,6 +41,8 @@ class DataConf:
     val_root: Optional[str] = None  # folder of HR validation images; default: hold out val_count
     val_count: int = 2
     color: str = "auto"            # auto (follows model.in_channels) | rgb | y (1-channel luma)
+    # auto | true | false: pairs kept on the training device, patches cut there (data.resident)
+    on_device: Union[bool, str] = "auto"
 
 
 @dataclass
@@ -150,6 +152,7 @@ DOMAINS: dict[str, Domain] = {
     "data.val_root": PATH,
     "data.val_count": Int(1, 10**6),
     "data.color": Choice("auto", "rgb", "y"),
+    "data.on_device": Choice("auto", True, False, kind="switch"),
     "degradation.name": Choice(*KERNELS),
     "degradation.quantize": BOOL,
     # trainer

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from sr_ablate.core.cpuload import CpuLoad
+from sr_ablate.core.fp32 import exact_fp32
 
 
 def count_params(model: nn.Module) -> int:
@@ -57,7 +58,7 @@ def gflops(model: nn.Module, input_shape: tuple) -> float:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), exact_fp32(), FlopCounterMode(display=False) as counter:
             model(x)
     finally:
         model.train(was_training)
@@ -90,7 +91,7 @@ def ms_per_frame(model: nn.Module, input_shape: tuple, warmup: int = 2, repeats:
     together (the load is read over that interval: /proc/stat counts in 1/100 s); on CUDA
     each pass is bracketed by ``torch.cuda.synchronize()``. ``device``: where to time
     (default: the model's device); a copy of the model is moved there, the model itself is
-    left where it is.
+    left where it is. TF32 off, as in evaluation (``core.fp32.exact_fp32``).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -114,7 +115,8 @@ def ms_per_frame(model: nn.Module, input_shape: tuple, warmup: int = 2, repeats:
     net.eval()
     times: list[float] = []
     try:
-        with torch.inference_mode():
+        # timed as evaluation and upscale run it: IEEE float32, no TF32
+        with torch.inference_mode(), exact_fp32():
             for _ in range(warmup):
                 forward()
             with CpuLoad() as load:

@@ -12,6 +12,8 @@ from functools import lru_cache
 
 import torch
 
+from sr_ablate.core.fp32 import exact_fp32
+
 KERNELS = ("bicubic", "bilinear", "area", "nearest")
 
 
@@ -113,6 +115,7 @@ def _resize_dim(img: torch.Tensor, dim: int, out_len: int, scale: float, antiali
     return m @ img  # dim == -2: (out, in) @ (..., in, W)
 
 
+@exact_fp32()  # a float32 image's matrix products in IEEE float32, never TF32
 def imresize(img: torch.Tensor, scale: float | None = None, size: tuple[int, int] | None = None,
              antialias: bool = True, kernel: str = "bicubic") -> torch.Tensor:
     """MATLAB ``imresize(img, scale, kernel)`` of a float tensor (..., H, W), any device.
@@ -120,7 +123,8 @@ def imresize(img: torch.Tensor, scale: float | None = None, size: tuple[int, int
     Give ``scale`` (output = ceil(H*scale), ceil(W*scale)) or ``size`` (H_out, W_out).
     ``kernel``: bicubic (default), bilinear, area (box, antialiased) or nearest.
     Values are not clamped or rounded; integer inputs are converted to float64.
-    Rows are resized first, then columns (MATLAB's order for equal scales).
+    Rows are resized first, then columns (MATLAB's order for equal scales). TF32 is off
+    inside (``core.fp32.exact_fp32``).
     """
     if not img.is_floating_point():
         img = img.to(torch.float64)

@@ -18,6 +18,10 @@ models (SRCNN, VDSR) get the bicubic-enlarged LR, rounded to uint8 exactly when 
 values (never squeezed into 16-235); an RGB model sees them as 3 equal channels and its
 output is turned back to gray with the normalised luma weights.
 The bicubic baseline (MATLAB bicubic up-scaling of the same LR) is scored the same way.
+
+Everything here runs in IEEE float32/float64 whatever the training precision: autocast off
+around the model, and TF32 off for the model, the bicubic baseline and the metrics
+(``core.fp32.exact_fp32``; the caller's settings are back afterwards).
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import torch
 
 from sr_ablate.core.degrade import bicubic_up, downscale, to_uint8, upsampled_input
 from sr_ablate.core.digest import sha256_file
+from sr_ablate.core.fp32 import exact_fp32
 from sr_ablate.core.metrics import LUMA, YCBCR, YCBCR_OFFSET, psnr, rgb_to_y, shave, ssim
 from sr_ablate.core.tiling import tiled_forward
 
@@ -117,6 +122,7 @@ def score(out: torch.Tensor, ref: torch.Tensor, scale: float) -> tuple[float, fl
 
 
 @torch.no_grad()
+@exact_fp32()
 def super_resolve(model: torch.nn.Module, lq: torch.Tensor, scale: float,
                   tile: int = 0, quantize: bool = True) -> torch.Tensor:
     """Run ``model`` on one whole LR image (C, h, w) in [0, 255]; returns (C, H, W) in [0, 255].
@@ -156,6 +162,7 @@ class Evaluator:
     last_outputs: list[torch.Tensor] = field(default_factory=list)
     _cache: dict = field(default_factory=dict)
 
+    @exact_fp32()
     def inputs(self, channels: int) -> list[tuple[torch.Tensor, torch.Tensor, float, float]]:
         """(LR input, reference, bicubic PSNR, bicubic SSIM) per image, for a model with
         ``channels`` input channels; computed once."""
@@ -170,6 +177,7 @@ class Evaluator:
             self._cache[channels] = rows
         return self._cache[channels]
 
+    @exact_fp32()  # one switch for the whole evaluation; super_resolve's nests inside it
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         t0 = time.perf_counter()
         was_training = model.training

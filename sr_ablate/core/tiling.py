@@ -29,6 +29,8 @@ from fractions import Fraction
 import torch
 from torch import nn
 
+from sr_ablate.core.fp32 import exact_fp32
+
 # model -> {in_channels: radius} / {in_channels: bytes}; weak, so a cached model can still
 # be freed.
 _radii: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -96,6 +98,20 @@ def _reach(model: nn.Module, x: torch.Tensor, c: int, p: int, s: float) -> \
     return (min(deps), max(deps), clear) if deps else None
 
 
+@contextlib.contextmanager
+def _without_cudnn():
+    """cuDNN off, nothing else changed. Not ``torch.backends.cudnn.flags(enabled=False)``:
+    it also sets cuDNN's TF32 flags and on the way out writes conv and rnn through the legacy
+    ``allow_tf32``, which undoes ``exact_fp32`` around it; and it raises where the TF32
+    settings were made with torch's new API (it reads the legacy flag)."""
+    was = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.enabled = was
+
+
 def receptive_radius(model: nn.Module, in_channels: int = 3, start: int = 32,
                      limit: int = 2048) -> int:
     """Receptive-field radius of ``model`` in input pixels, measured by probing.
@@ -131,8 +147,7 @@ def receptive_radius(model: nn.Module, in_channels: int = 3, start: int = 32,
         while True:
             x = torch.rand(1, in_channels, n, n, generator=gen).to(device, dtype)
             c = n // 2 // p * p  # probed input pixels [c, c + p) on both axes
-            with (torch.backends.cudnn.flags(enabled=False) if device.type == "cuda"
-                  else contextlib.nullcontext()):
+            with _without_cudnn():
                 found = (_reach(model, x, c, p, s) if getattr(model, "opaque", False)
                          else _support(model, x, c, p, s, gen))
             if found is None:
@@ -172,6 +187,7 @@ def _keep(c0: int, a: int, b: int, size: int, s: float, out_size: int) -> slice:
 
 
 @torch.no_grad()
+@exact_fp32()  # IEEE float32 (no TF32): the tiles' sums may then differ only in their order
 def tiled_forward(model: nn.Module, x: torch.Tensor, tile: int,
                   overlap: int | None = None) -> torch.Tensor:
     """Run ``model`` on ``x`` tile by tile; ``model(x)`` to float rounding when overlap is enough.

@@ -2,7 +2,8 @@
 
 ``images`` decodes and checks files, ``sets`` says where images come from (built-in photos,
 a folder, the standard sets, ``download``), ``pairs`` degrades them once, ``sampler`` cuts
-the batches. The names below are the package's interface (``from sr_ablate import data``).
+the batches (``resident``: on the training device, ``data.on_device``). The names below are
+the package's interface (``from sr_ablate import data``).
 """
 from sr_ablate.data.images import (
                                    IMAGE_SUFFIXES,

@@ -25,6 +25,7 @@ import torch
 
 from sr_ablate import UserError
 from sr_ablate.core.degrade import to_uint8, upsampled_input
+from sr_ablate.core.fp32 import exact_fp32
 from sr_ablate.core.metrics import rgb_to_y
 from sr_ablate.inference.trained import Trained
 
@@ -159,11 +160,12 @@ def parity(trained: Trained, onnx_path: str | Path, image: np.ndarray,
            session=None) -> float:
     """The largest |torch - onnxruntime| (values in [0, 1]) over the network's output for
     ``image`` (H, W, 3) uint8, H and W multiples of ``side_multiple``. Torch runs on the
-    model's device, in float32; ``session``: an open ``ort_session`` of ``onnx_path``."""
+    model's device, in IEEE float32 (no TF32); ``session``: an open ``ort_session`` of
+    ``onnx_path``."""
     x = model_input(trained, image)
     session = session or ort_session(onnx_path)
     device = next(trained.model.parameters()).device
-    with torch.no_grad():
+    with torch.no_grad(), exact_fp32():
         want = trained.model(x.to(device)).float().cpu().numpy()
     got = run_onnx(session, x.numpy())
     if got.shape != want.shape:

@@ -12,7 +12,6 @@ uint8, about 1 value in 100,000 may differ by one level).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 
@@ -22,6 +21,7 @@ import torch
 from sr_ablate import UserError
 from sr_ablate.core.degrade import bicubic_up, to_uint8, upsampled_input
 from sr_ablate.core.evaluate import colorize_y, to_gray
+from sr_ablate.core.fp32 import exact_fp32
 from sr_ablate.core.metrics import rgb_to_y
 from sr_ablate.core.tiling import (
     bytes_per_input_pixel,
@@ -95,12 +95,15 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise UserError("precision=fp16 needs a CUDA device; use precision=fp32 (or bf16)")
 
 
+@exact_fp32()  # the memory and radius probes, the enlargement and the network
 def forward(trained: Trained, x: torch.Tensor, tile: int | None = None,
             overlap: int | None = None, precision: str = "fp32") -> torch.Tensor:
     """The network on a batch of model inputs (B, channels, h, w) in [0, 255] float: returns
     (B, channels, h*s, w*s) float64 in [0, 255], not rounded. Pre-upsampling models get the
     bicubic-enlarged input rounded to uint8, as for a uint8 LR in training and evaluation.
-    ``tile``: None chooses (``auto_tile``), 0 is whole-image, N tiles of N input pixels."""
+    ``tile``: None chooses (``auto_tile``), 0 is whole-image, N tiles of N input pixels.
+    ``precision`` fp32 is IEEE float32: autocast and TF32 off (``core.fp32.exact_fp32``; the
+    caller's settings are back afterwards); bf16/fp16 autocast the network."""
     param = next(trained.model.parameters())
     device = param.device
     check_precision(precision, device)
@@ -114,8 +117,9 @@ def forward(trained: Trained, x: torch.Tensor, tile: int | None = None,
     if tile and overlap is None:
         overlap = radius(trained, x.shape[1])
     dtype = PRECISIONS[precision]
+    # fp32 even when called inside an autocast region, as evaluation is
     cast = (torch.autocast(device.type, dtype=dtype) if dtype is not None
-            else contextlib.nullcontext())
+            else torch.autocast(device.type, enabled=False))
     with torch.no_grad(), cast:
         if tile:
             y = tiled_forward(trained.model, x, tile, overlap)

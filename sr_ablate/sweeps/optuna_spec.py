@@ -18,7 +18,7 @@ OPTUNA_KEYS = {"trials", "objectives", "params", "sampler", "pruner", "storage",
 METRIC = re.compile(r"^(train/(loss|lr|it_per_s)|model/(params|gflops|ms_per_frame|"
                     r"s_per_30_frames)|[^/]+/(psnr|ssim|bicubic_psnr|bicubic_ssim|seconds))$")
 # sweep.* settings and where/how-to-show settings may change between workers and resumes
-VOLATILE = ("sweep.", "trainer.progress=", "trainer.device=", "tracking.")
+VOLATILE = ("sweep.", "trainer.progress=", "trainer.device=", "data.on_device=", "tracking.")
 
 
 def check_spec(spec: dict) -> dict:

@@ -25,8 +25,9 @@ from sr_ablate.config.checks import check
 from sr_ablate.config.drivers import hide_passwords
 from sr_ablate.config.hashing import config_hash, flatten
 from sr_ablate.config.schema import class_keys
+from sr_ablate.core import fp32
 from sr_ablate.core.evaluate import Evaluator, Protocol, files_sha256, fingerprint, model_channels
-from sr_ablate.data import images, pairs, sampler, sets
+from sr_ablate.data import images, pairs, resident, sampler, sets
 from sr_ablate.training import checkpoint, schedules, speed
 from sr_ablate.training.clock import process_start
 from sr_ablate.training.ema import EMA, released
@@ -134,6 +135,7 @@ class Parts:
     ckpt: Path
     state: dict | None  # the checkpoint resumed from, if any
     speed: speed.Choice  # trainer.precision / channels_last as resolved for this device
+    placement: resident.Placement  # data.on_device as resolved for this device and data
     ema: EMA | None = None  # trainer.ema: the weights' moving average, what the run releases
     init_tags: dict[str, str] = dataclasses.field(default_factory=dict)  # model.init: loaded what
 
@@ -172,8 +174,11 @@ def build_parts(cfg: DictConfig, cwd: str | None) -> Parts:
     optimizer = instantiate_node(cfg.optim)(model.parameters())
     schedule = instantiate_node(cfg.sched)(optimizer) if cfg.sched.get("_target_") else None
     scheduler = schedules.warm_up(optimizer, schedule, cfg.sched)  # sched.warmup_*
+    # after the model, loss and optimiser: the free memory counted is what training leaves
+    placement = resident.place(cfg.data.on_device, device, train_pairs)
+    resident.say_once(placement, device)
     batches = sampler.batches(train_pairs, patch_size=t.patch_size, batch_size=t.batch_size,
-                              seed=cfg.seed, device=device)
+                              seed=cfg.seed, device=device, on_device=placement.on)
     if state is not None:
         checkpoint.restore(state, ckpt, model, optimizer, scheduler, batches)
         print(f"sr_ablate: resuming run {state['run_id']} at step {state['step']}",
@@ -183,7 +188,7 @@ def build_parts(cfg: DictConfig, cwd: str | None) -> Parts:
               file=sys.stderr)
     ema = EMA(model, t.ema, t.ema_start) if t.ema else None  # its state: in the checkpoint
     return Parts(model, device, evaluators, eval_tags, optimizer, scheduler, loss_fn, batches,
-                 cfg_hash, ckpt, state, knobs, ema, init_tags=init_tags)
+                 cfg_hash, ckpt, state, knobs, placement, ema, init_tags=init_tags)
 
 
 def resolve_speed(t, device: torch.device, model, loss_fn, state: dict | None) -> speed.Choice:
@@ -211,7 +216,10 @@ def run_tags(cfg: DictConfig, p: Parts, overrides: list[str] | None,
             "sr_ablate.config_hash": p.cfg_hash,
             # the weights evaluated and released: the moving average's (trainer.ema) or raw
             "sr_ablate.weights": "ema" if p.ema is not None else "raw",
-            "sr_ablate.deterministic": str(cfg.trainer.deterministic).lower(), **(extra or {})}
+            "sr_ablate.deterministic": str(cfg.trainer.deterministic).lower(),
+            # training runs with the user's TF32 setting; evaluation turns it off
+            "sr_ablate.tf32": fp32.describe(), **(extra or {})}
+    tags.update(p.placement.tags())  # data.on_device: where patches are cut, and why
     if cfg.study:
         tags["sr_ablate.study"] = cfg.study
     return tags
@@ -268,8 +276,9 @@ def _train_tracked(cfg: DictConfig, p: Parts, log: tracking.RunLog, uri: str,
     cost, cost_tags = complexity_metrics(p.model, cfg, p.device)
     if state is None:
         log.set_tags(cost_tags)
-    else:  # a reopened run keeps its tags: these say what it resumed with (its checkpoint's)
-        log.set_tags(p.speed.tags())
+    else:  # a reopened run keeps its tags: these say what it resumed with (its checkpoint's
+        # speed; the placement chosen anew on this machine: the same batches either way)
+        log.set_tags({**p.speed.tags(), **p.placement.tags()})
     log_fn(0, cost)
 
     def save(step: int, loop: dict) -> None:
