@@ -4,10 +4,10 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 ARGS ?=
 
-.PHONY: help install lint test test-all train sweep report ui bench
+.PHONY: help install lint test test-all train sweep report ui bench gpu-check
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 install:  ## install the project (+ CPU torch here / CUDA torch on GPU machines when torch is missing)
 	@# torch==2.13.0 resolves to the local CPU wheel on this machine and to PyPI's CUDA build
@@ -35,6 +35,10 @@ report:  ## write reports/<experiment>/results.{md,csv} from the MLflow store
 
 bench:  ## speed: sr_ablate vs a bare loop and Lightning, fixed costs, evaluation, live model -> BENCHMARKS.md
 	$(PYTHON) -m sr_ablate bench --md BENCHMARKS.md $(ARGS)
+
+gpu-check:  ## the GPU check into OUT=dir (ARGS="--device cpu --quick": the CPU dry run)
+	@test -n "$(OUT)" || { echo "say where: make gpu-check OUT=gpu-check"; exit 2; }
+	PYTHON=$(PYTHON) scripts/gpu_check.sh $(OUT) $(ARGS)
 
 ui:  ## MLflow UI on http://$(HOST):$(PORT) (local only unless HOST is changed)
 	$(PYTHON) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port $(PORT)

@@ -156,6 +156,7 @@ def test_an_idle_timing_records_the_load_there_was():
         assert t.load <= LOAD
 
 
+@pytest.mark.cuda  # run by scripts/gpu_check.sh (pytest -m cuda)
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_ms_per_frame_on_cuda_leaves_the_model_on_cpu():
     model = SRResNet(channels=8, blocks=1)

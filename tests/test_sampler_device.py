@@ -116,6 +116,7 @@ def test_host_order_groups_by_flips_in_first_seen_order():
     assert host_order(flips).tolist() == [0, 2, 1, 4, 3, 5]
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("case", ["x2", "x1.5", "multi-scale"])
 def test_on_a_gpu_both_paths_give_the_same_batches(case):

@@ -205,6 +205,7 @@ def test_unknown_precision_is_refused_in_one_line(compose):
         check(compose(QUIET + ["trainer.channels_last=maybe"]))
 
 
+@pytest.mark.cuda  # run by scripts/gpu_check.sh (pytest -m cuda)
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_pairs_degraded_on_the_gpu_match_the_cpu():
     images = data.load_images([data.builtin_dir() / "chelsea.png"], 2, "rgb")
@@ -227,14 +228,14 @@ def test_bench_command_prints_every_section_and_writes_markdown(tmp_path):
               cwd=tmp_path, command="bench", timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout
-    assert "| ESPCN | 64 x 32² | 2 |" in text and "GFLOP/s" in text
+    assert "| ESPCN | fp32 | 64 x 32² | 2 |" in text and "GFLOP/s" in text
     if (SHARED_DATA / "Set14").is_dir():
         assert "Set14 x4: PSNR + SSIM" in text
     assert "bicubic, torch `interpolate`" in text
     saved = md.read_text()
     assert saved.startswith(f"# notes kept\n{here[0]}\n## CPU: ") and saved.endswith(
         f"middle kept\n{other[0]}\nthe GPU's figures\n{other[1]}\ntail kept\n")
-    assert "old" not in saved and "| ESPCN | 64 x 32² | 2 |" in saved
+    assert "old" not in saved and "| ESPCN | fp32 | 64 x 32² | 2 |" in saved
 
 
 @pytest.mark.slow

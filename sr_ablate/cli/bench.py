@@ -24,6 +24,8 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -66,38 +68,51 @@ def steps_for(s: bt.Setup, seconds: float, log_every: int) -> int:
     return max(log_every, round(seconds * its / log_every) * log_every)
 
 
-def training(args, device, uri: str, peak: float, bf16_peak: float) -> tuple[str, str]:
-    """Sections 1-3: (throughput table, knobs table)."""
+def training(args, device, uri: str, peaks: dict[str, float]) -> tuple[str, str]:
+    """Sections 1-3: (throughput table, knobs table). ``peaks``: the matmul peak each
+    precision's GFLOP/s is set against."""
     rows, knob_rows = [], []
     for name in args.models:
         overrides, batch, patch = bt.MODELS[name]
         batch, patch = args.batch or batch, args.patch or patch
         s = bt.setup(name, overrides, batch, patch, device=str(device))
-        bt.bare_its(s, 2)  # warm-up: kernel selection, allocator
-        steps = args.steps or steps_for(s, args.seconds, 10)
-        bare, full, light = [], [], []
-        with tracking.run(uri, "bench", params={"model": name}, tags={}) as log:
-            for _ in range(args.rounds):  # alternating: machine drift hits all alike
-                bare.append(bt.bare_its(s, steps))
-                with bt.GpuUtilisation(device) as util:
-                    full.append(bt.full_its(s, steps, log.log_metrics))
-                if not args.no_lightning:
-                    light.append(bt.lightning_its(s, steps, uri))
-        b, f = max(bare), max(full)  # best round of each: the least disturbed
-        # ratios of the paths' rounds run back to back, then their median: drift that spans
-        # rounds cancels out, a disturbed round does not decide
-        ratio = statistics.median(x / y for x, y in zip(full, bare))
         gflop = bt.step_gflop(s)
-        li = (f"{max(light):.3f} ({statistics.median(x / y for x, y in zip(full, light)):.2f}x)"
-              if light else "not run")
-        rows.append([name, f"{batch} x {patch}²", steps, f"{b:.3f}", f"{f:.3f}",
-                     f"**{ratio:.3f}**", li, f"{gflop:.1f}", f"{gflop * b:.0f}",
-                     f"{gflop * b / peak:.0%}"] + ([util.mean()] if device.type == "cuda" else []))
-        print(f"  {name}: bare {bare}, sr_ablate {full}, Lightning {light} it/s", file=sys.stderr)
+        steps_of = {}
+        for precision in args.precisions:
+            # bf16: both loops under the autocast trainer.precision=bf16 uses (fit's Step
+            # adds none of its own for fp32, so the outer region is the one it runs in)
+            amp = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                   else nullcontext())
+            with amp:
+                bt.bare_its(s, 2)  # warm-up: kernel selection, allocator
+                steps = steps_of[precision] = args.steps or steps_for(s, args.seconds, 10)
+            bare, full, light = [], [], []
+            with tracking.run(uri, "bench", params={"model": name, "precision": precision},
+                              tags={}) as log:
+                for _ in range(args.rounds):  # alternating: machine drift hits all alike
+                    with amp:
+                        bare.append(bt.bare_its(s, steps))
+                        with bt.GpuUtilisation(device) as util:
+                            full.append(bt.full_its(s, steps, log.log_metrics))
+                    if not args.no_lightning and precision == "fp32":
+                        light.append(bt.lightning_its(s, steps, uri))
+            b, f = max(bare), max(full)  # best round of each: the least disturbed
+            # ratios of the paths' rounds run back to back, then their median: drift that
+            # spans rounds cancels out, a disturbed round does not decide
+            ratio = statistics.median(x / y for x, y in zip(full, bare))
+            li = (f"{max(light):.3f} ({statistics.median(x / y for x, y in zip(full, light)):.2f}x)"
+                  if light else "not run")
+            rows.append([name, precision, f"{batch} x {patch}²", steps, f"{b:.3f}", f"{f:.3f}",
+                         f"**{ratio:.3f}**", li, f"{gflop:.1f}", f"{gflop * b:.0f}",
+                         f"{gflop * b / peaks[precision]:.0%}"]
+                        + ([util.mean()] if device.type == "cuda" else []))
+            print(f"  {name} {precision}: bare {bare}, sr_ablate {full}, Lightning {light} it/s",
+                  file=sys.stderr)
         if not args.no_knobs:
+            steps = steps_of.get("fp32") or args.steps or steps_for(s, args.seconds, 10)
             knob_rows.append([name, *knobs(s, name, overrides, batch, patch, device, steps,
-                                           args.rounds, gflop, bf16_peak)])
-    train = table(["model", "batch x LR patch", "steps/round", "bare it/s",
+                                           args.rounds, gflop, peaks["bf16"])])
+    train = table(["model", "precision", "batch x LR patch", "steps/round", "bare it/s",
                    "sr_ablate it/s", "ratio (median of rounds)",
                    "Lightning it/s (sr_ablate ×, median)",
                    "GFLOP/step", "GFLOP/s (bare)", "of peak"]
@@ -106,6 +121,41 @@ def training(args, device, uri: str, peak: float, bf16_peak: float) -> tuple[str
                   "bf16 autocast", "bf16 + channels_last", "bf16 GFLOP/s (of bf16 peak)",
                   "fp16 autocast"], knob_rows)
     return train, knob
+
+
+def peaks(device: torch.device) -> tuple[dict[str, float], str]:
+    """The matmul peaks fp32 and bf16 rows are set against, and the words that say so. On
+    CUDA the matrices are 8192² (2048² is over in microseconds there: launch and sync would
+    be timed), and fp32 convolutions run as TF32 where cuDNN's ``fp32_precision`` says
+    ``tf32`` (torch's default): fp32 rows are then set against a TF32 matmul's peak."""
+    n = 8192 if device.type == "cuda" else 2048
+    fp32 = bt.matmul_peak(device, n)
+    bf16 = bt.matmul_peak(device, n, dtype=torch.bfloat16)
+    words = f"fp32 **{fp32:.0f} GFLOP/s**, bf16 **{bf16:.0f} GFLOP/s**"
+    tf32 = (tf32_peak(device, n) if device.type == "cuda"
+            and torch.backends.cudnn.conv.fp32_precision == "tf32" else None)
+    if tf32:
+        words += (f", TF32 **{tf32:.0f} GFLOP/s** (cuDNN runs fp32 convolutions as TF32 here: "
+                  "the fp32 rows' share is of the TF32 peak)")
+        fp32 = tf32
+    return {"fp32": fp32, "bf16": bf16}, words
+
+
+def tf32_peak(device: torch.device, n: int) -> float | None:
+    """The matmul peak with TF32 allowed, through torch's legacy switch, which sets its two
+    APIs alike (cuBLAS refuses to run while they disagree); None where torch refuses to read
+    the switch (the APIs were set apart)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Please use the new API settings")
+        try:
+            before = torch.get_float32_matmul_precision()
+        except RuntimeError:
+            return None
+        torch.set_float32_matmul_precision("high")
+        try:
+            return bt.matmul_peak(device, n)
+        finally:
+            torch.set_float32_matmul_precision(before)
 
 
 def knobs(s: bt.Setup, name, overrides, batch, patch, device, steps, rounds, gflop: float,
@@ -170,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-lightning", action="store_true")
     ap.add_argument("--no-knobs", action="store_true")
+    ap.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                    help="training table: one row per model and precision (bf16: both loops "
+                    "under bf16 autocast, as trainer.precision=bf16)")
     ap.add_argument("--only", nargs="+", default=["train", "startup", "eval", "live", "profile"],
                     choices=["train", "startup", "eval", "live", "profile"])
     ap.add_argument("--profile-steps", type=int, default=5, help="steps profiled per setting")
@@ -187,11 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/bench.db"
         if "train" in args.only:
-            peak = bt.matmul_peak(device)
-            bf16_peak = bt.matmul_peak(device, dtype=torch.bfloat16)
-            out.append(f"\n### Training (device {device}; matmul peak measured: fp32 "
-                       f"**{peak:.0f} GFLOP/s**, bf16 **{bf16_peak:.0f} GFLOP/s**)\n")
-            train, knob = training(args, device, uri, peak, bf16_peak)
+            peak, words = peaks(device)
+            out.append(f"\n### Training (device {device}; matmul peak measured: {words})\n")
+            train, knob = training(args, device, uri, peak)
             out.append(train)
             if not args.no_knobs:
                 out += ["\nKnobs, bare loop it/s relative to fp32 (trainer.channels_last, "
