@@ -48,6 +48,7 @@ def test_sweep_runs_sit_under_one_parent(sweep_dir):
     assert (sweep_dir / "multirun").is_dir() and not (sweep_dir / "mlruns").exists()
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_make_report_equals_mlflow_metrics(sweep_dir):
     out = subprocess.run(["make", "-f", str(REPO / "Makefile"), "report",
                           f"PYTHON={sys.executable}"], cwd=sweep_dir,
@@ -72,6 +73,7 @@ def test_make_report_equals_mlflow_metrics(sweep_dir):
         assert f"{r.data.metrics['val/psnr']:.2f}" in md
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_single_run_progress_bar_and_no_parent(tmp_path):
     out = cli([*TINY[:3]], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -263,6 +265,7 @@ def test_hydra_and_the_checks_compose_the_same_config(mine, monkeypatch, tmp_pat
     assert composed["model"]["channels"] == (8 if choice == "model=mynet" else 64)
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_users_sweep_file_and_config_dir_from_another_folder(mine, tmp_path):
     """Relative paths, from the folder the user runs in: a sweep file of their own whose
     variant picks a model from their config folder; one MLflow run, in their folder."""

@@ -70,6 +70,7 @@ def test_run_logs_every_set_and_fingerprint(trained, hr_folder):
     assert len(t["eval.fingerprint"]) == 16 and f"eval.{hr_folder.name}.sha256" in t
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_evaluate_a_run_by_id_equals_its_logged_metrics(trained, hr_folder):
     cwd, r, result = trained
     out = cli([f"model={r.info.run_id}", f"eval.data={hr_folder}", "scale=2",

@@ -109,6 +109,7 @@ def test_one_file_serves_any_batch_height_and_width(compose, tmp_path):
         assert np.abs(got - want).max() <= TOLERANCE
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_export_command_writes_the_file_and_reports_the_difference(trained_run, tmp_path):
     out = cli([f"model={trained_run.run_id}", "format=onnx", f"output={tmp_path / 'sr.onnx'}",
                f"tracking.uri={trained_run.uri}"], cwd=trained_run.cwd, command="export")

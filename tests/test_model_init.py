@@ -78,6 +78,7 @@ def test_init_loads_exactly_the_tensors_it_reports(x2_run, compose, tmp_path, st
     assert cfg.model.init_sha256 == hashlib.sha256(open(x2_run.weights, "rb").read()).hexdigest()
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_x4_run_from_a_x2_run_through_the_command_line(x2_run):
     before = {r.info.run_id for r in runs(x2_run.uri)}
     out = cli([*TINY, "scale=4", f"model.init={x2_run.run_id}", "model.init_strict=false"],

@@ -82,6 +82,7 @@ def test_a_postgresql_database_that_does_not_answer_is_one_line(tmp_path, key):
     assert {p.name for p in tmp_path.iterdir()} <= {"outputs"}
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_a_run_tracks_straight_into_postgresql(tmp_path, pg_url):
     """tracking.uri=postgresql://... without a server: params, metrics and status arrive."""
     out = cli([f"tracking.uri={pg_url}", *TINY], tmp_path, timeout=300)

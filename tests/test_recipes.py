@@ -109,6 +109,7 @@ def _history(store: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_a_run_with_ema_and_accumulation_resumes_to_the_same_numbers(tmp_path, compose,
                                                                       monkeypatch):
     """Stopped after step 4 (between evaluations), resumed: every logged value, the EMA's

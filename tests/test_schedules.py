@@ -204,6 +204,7 @@ RUN = [*TINY, "trainer.log_every=1", "optim.lr=1e-3", "sched=cosine_restarts",
 LOGGED = [(1, 0.75 * 5e-4), (2, 5e-4), (3, 2.5e-4), (4, 0.0)]
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_a_run_with_warmup_and_restarts_logs_the_hand_computed_rates(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = cli([*RUN, f"tracking.uri={uri}"], tmp_path)

@@ -337,6 +337,7 @@ def test_is_video():
         assert not is_video(name), name
 
 
+@pytest.mark.slow  # default run under 10 min on 2 cores; CI's slow pass runs it
 def test_the_upscale_command_takes_a_video_from_a_run_id(trained_run, clips, tmp_path):
     from conftest import cli
     dst = tmp_path / "clip_x2.mp4"
