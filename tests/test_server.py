@@ -1,5 +1,6 @@
 """A sweep against a real MLflow tracking server (``mlflow server`` on 127.0.0.1 with a temp
-sqlite store), reached only through MLFLOW_TRACKING_URI, as jobs on a cluster would."""
+sqlite store), reached only through MLFLOW_TRACKING_URI, as jobs on a cluster would; the
+server going away mid-run with sqlite or PostgreSQL behind it (the outbox keeps the metrics)."""
 from __future__ import annotations
 
 import time
@@ -72,6 +73,20 @@ def logged_steps(url: str, key: str) -> tuple[str, list[int]]:
     return r, sorted(m.step for m in client.get_metric_history(r.info.run_id, key))
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backed_server(request, tmp_path):
+    """``mlflow server`` over a sqlite file, or over a PostgreSQL database (the cluster
+    recipe's backend; skipped where PostgreSQL cannot be started)."""
+    from conftest import MlflowServer
+    backend = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    server = MlflowServer(tmp_path, backend)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def fail_fast(monkeypatch, store):
     """MLflow's own retries would hold each send for minutes; the Outbox does the waiting."""
@@ -81,30 +96,30 @@ def fail_fast(monkeypatch, store):
 
 @pytest.mark.slow
 def test_server_down_mid_run_training_goes_on_and_every_metric_arrives_once(
-        tmp_path, compose, mlflow_server, fail_fast, capsys):
+        tmp_path, compose, backed_server, fail_fast, capsys):
     def on_eval(step, metrics):
         if step == 2:
-            mlflow_server.stop()  # steps 3-6 are logged while nothing answers
+            backed_server.stop()  # steps 3-6 are logged while nothing answers
         if step == 6:
-            mlflow_server.start()
+            backed_server.start()
 
-    run_job(compose([*MID, f"tracking.uri={mlflow_server.url}"]), cwd=str(tmp_path),
+    run_job(compose([*MID, f"tracking.uri={backed_server.url}"]), cwd=str(tmp_path),
         on_eval=on_eval)
     err = capsys.readouterr().err
     assert "does not answer" in err and "training goes on" in err and "answers again" in err
-    r, steps = logged_steps(mlflow_server.url, "train/loss")
+    r, steps = logged_steps(backed_server.url, "train/loss")
     assert r.info.status == "FINISHED" and steps == list(range(1, 9))
-    assert logged_steps(mlflow_server.url, "val/psnr")[1] == [2, 4, 6, 8]
+    assert logged_steps(backed_server.url, "val/psnr")[1] == [2, 4, 6, 8]
 
 
 @pytest.mark.slow
 def test_server_gone_at_the_end_fails_loudly_and_resume_sends_the_kept_metrics(
-        tmp_path, compose, mlflow_server, fail_fast):
+        tmp_path, compose, backed_server, fail_fast):
     def on_eval(step, metrics):
         if step == 4:
-            mlflow_server.stop()  # and it does not come back before the run ends
+            backed_server.stop()  # and it does not come back before the run ends
 
-    args = [*MID, f"tracking.uri={mlflow_server.url}", "tracking.flush_timeout=3"]
+    args = [*MID, f"tracking.uri={backed_server.url}", "tracking.flush_timeout=3"]
     with pytest.raises(UserError) as e:
         run_job(compose(args), cwd=str(tmp_path), on_eval=on_eval)
     msg = str(e.value)
@@ -115,9 +130,9 @@ def test_server_gone_at_the_end_fails_loudly_and_resume_sends_the_kept_metrics(
     assert kept["step"] == 8 and {s for k, _, _, s in kept["unsent"] if k == "train/loss"} >= {
         5, 6, 7, 8}
 
-    mlflow_server.start()
+    backed_server.start()
     run_job(compose([*args, "resume=true"]), cwd=str(tmp_path))
-    r, steps = logged_steps(mlflow_server.url, "train/loss")
+    r, steps = logged_steps(backed_server.url, "train/loss")
     assert r.info.status == "FINISHED" and steps == list(range(1, 9))
-    assert logged_steps(mlflow_server.url, "val/psnr")[1] == [2, 4, 6, 8]
+    assert logged_steps(backed_server.url, "val/psnr")[1] == [2, 4, 6, 8]
     assert not ckpt.exists()
