@@ -28,14 +28,6 @@ def hide_passwords(text: str) -> str:
     return _PASSWORD.sub(r"\1***\3", text)
 
 
-def shown(url: str) -> str:
-    """The URL without its password (for messages, logs and MLflow tags)."""
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return url
-
-
 def check_driver(url: str, what: str) -> None:
     """UserError (one line) when ``url`` is a PostgreSQL URL whose driver does not import.
     ``what`` names where the URL came from, e.g. ``tracking.uri`` or ``sweep.storage``."""
@@ -44,8 +36,8 @@ def check_driver(url: str, what: str) -> None:
     try:
         dialect = sqlalchemy.engine.make_url(url).get_dialect()
     except sqlalchemy.exc.NoSuchModuleError:
-        raise UserError(f"{what}={shown(url)!r} names a driver SQLAlchemy does not know; use "
-                        "postgresql://user:password@host/db (psycopg, from the cluster "
+        raise UserError(f"{what}={hide_passwords(url)!r} names a driver SQLAlchemy does not "
+                        "know; use postgresql://user:password@host/db (psycopg, from the cluster "
                         f"extra: {EXTRA})") from None
     try:
         dialect.import_dbapi()
@@ -54,28 +46,8 @@ def check_driver(url: str, what: str) -> None:
         fix = EXTRA if name == "psycopg" else (
             f"pip install '{PACKAGES.get(name, name)}', or write postgresql:// for psycopg, "
             f"which the cluster extra installs ({EXTRA})")
-        raise UserError(f"{what}={shown(url)!r} needs the PostgreSQL driver {name}, which is "
-                        f"not installed; {fix}") from None
-
-
-def database_answers(url: str, what: str, timeout: float = 5.0) -> None:
-    """UserError (one line) when the PostgreSQL database at ``url`` cannot be opened (no
-    driver, no server, wrong password, no such database), so a command stops before any
-    work. Nothing for other URLs (a sqlite file is opened by whoever uses it)."""
-    if not url.startswith("postgresql"):
-        return
-    check_driver(url, what)
-    engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": int(timeout)})
-    try:
-        with engine.connect():
-            return
-    except sqlalchemy.exc.SQLAlchemyError as e:
-        first = " ".join(str(e.orig if getattr(e, "orig", None) else e).split())[:300]
-        raise UserError(f"{what}={shown(url)!r}: the database does not answer ({first}); start "
-                        "PostgreSQL and create the database (README: Running on a cluster), or "
-                        "use a sqlite:/// file on one machine") from None
-    finally:
-        engine.dispose()
+        raise UserError(f"{what}={hide_passwords(url)!r} needs the PostgreSQL driver {name}, "
+                        f"which is not installed; {fix}") from None
 
 
 # pg_advisory_lock's key: any constant that other applications are unlikely to use
@@ -83,16 +55,29 @@ SCHEMA_LOCK = 0x5352_4142  # "SRAB"
 
 
 @contextmanager
-def schema_lock(url: str) -> Iterator[None]:
-    """Hold a PostgreSQL advisory lock while MLflow or Optuna creates (or checks) its tables:
-    two workers opening a new database at the same instant would otherwise both create them,
-    and one fails (duplicate key on alembic_version). Nothing for other URLs."""
+def opened(url: str, what: str, timeout: float = 5.0) -> Iterator[None]:
+    """Open the PostgreSQL database at ``url`` before MLflow or Optuna does, and hold an
+    advisory lock while they create (or check) its tables: two workers opening a new database
+    at the same instant would otherwise both create them, and one fails (duplicate key on
+    alembic_version). UserError (one line) when it cannot be opened (no driver, no server,
+    wrong password, no such database), so a command stops before any work. ``what``: the key
+    the URL came from. Nothing for other URLs (a sqlite file is opened by whoever uses it)."""
     if not url.startswith("postgresql"):
         yield
         return
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    check_driver(url, what)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                      connect_args={"connect_timeout": int(timeout)})
     try:
-        with engine.connect() as conn:
+        try:
+            conn = engine.connect()
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            first = " ".join(str(e.orig if getattr(e, "orig", None) else e).split())[:300]
+            raise UserError(f"{what}={hide_passwords(url)!r}: the database does not answer "
+                            f"({first}); start PostgreSQL and create the database (README: "
+                            "Running on a cluster), or use a sqlite:/// file on one "
+                            "machine") from None
+        with conn:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK})
             try:
                 yield

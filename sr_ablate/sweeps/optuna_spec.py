@@ -11,7 +11,7 @@ import optuna
 import sqlalchemy
 
 from sr_ablate import UserError
-from sr_ablate.config.drivers import database_answers, schema_lock, shown
+from sr_ablate.config.drivers import hide_passwords, opened
 
 OPTUNA_KEYS = {"trials", "objectives", "params", "sampler", "pruner", "storage", "seeds",
                "max_failure_rate", "heartbeat"}
@@ -118,9 +118,8 @@ def storage(url: str, heartbeat: int, on_stale=None):
     # TCP's minutes, and a connection the server dropped (restart) is replaced, not used
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else \
         {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
-    database_answers(url, "sweep.storage")
     try:
-        with schema_lock(url):
+        with opened(url, "sweep.storage"):
             return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
                                               heartbeat_interval=heartbeat,
                                               grace_period=2 * heartbeat, **{key: retry})
@@ -133,7 +132,7 @@ def redact(url: str) -> str:
     """The URL without its password (for logs and MLflow tags); UserError if not a URL."""
     try:
         sqlalchemy.engine.make_url(url)
-        return shown(url)
+        return hide_passwords(url)
     except sqlalchemy.exc.ArgumentError:
         raise UserError(f"sweep.storage={url!r} is not a database URL; use e.g. "
                         "sqlite:///optuna.db or postgresql://user:password@host/db") from None

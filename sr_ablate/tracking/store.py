@@ -37,13 +37,14 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 # from the pickle that the installed package does not hold): no warning per run
 logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
 
-def store_uri(uri: str | None, cwd: str | Path | None = None, what: str = "tracking.uri") -> str:
+def store_uri(uri: str | None, cwd: str | Path | None = None) -> str:
     """The tracking URI: ``uri`` if set, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db.
-    A database URL whose driver is missing is refused here (``what``: the key it came from).
+    A database URL whose driver is missing is refused here.
 
     The default is absolute, so it does not move when Hydra changes directories.
     """
     from sr_ablate.config.drivers import check_driver  # not on a loaded model's path
+    what = "tracking.uri"
     if not uri and os.environ.get("MLFLOW_TRACKING_URI"):
         uri, what = os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
     if uri:
@@ -58,9 +59,8 @@ def reachable(uri: str, timeout: float = 5.0, patience: float = 0.0) -> None:
     training. ``patience``: seconds to keep asking a server that does not answer (a sweep's
     job: the server answered when the sweep started, and may be restarting)."""
     if uri.startswith("postgresql"):
-        from sr_ablate.config.drivers import database_answers, schema_lock
-        database_answers(uri, "tracking.uri", timeout)
-        with schema_lock(uri):  # MLflow creates its tables as this process opens the store
+        from sr_ablate.config.drivers import opened
+        with opened(uri, "tracking.uri", timeout):  # MLflow creates its tables as it opens
             MlflowClient(uri).search_experiments(max_results=1)
         return
     if not uri.startswith(("http://", "https://")):
